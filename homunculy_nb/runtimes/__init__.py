@@ -1,0 +1,1 @@
+"""Where a resource runs: local processes, PostgreSQL servers, Docker containers."""
