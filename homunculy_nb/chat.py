@@ -665,7 +665,7 @@ class ChatClient:
         if ws is not self._ws and self._ws is not None:
             return
         self._state = ConnectionState.CLOSED
-        self.close_code, self.close_reason = ws.close_code, ws.close_reason
+        self.close_code, self.close_reason = _close_frame(ws)
         if self._status is not None and not self._status.done():
             self._status.cancel()
 
@@ -685,6 +685,8 @@ class ChatClient:
             what += f" with code {code}" + (f" ({reason})" if reason else "")
         if turn is not None:
             what += f" during a turn, after {len(turn.chunks)} text chunks"
+        if code == 1009:
+            what += f"; a frame was larger than `max_message_size` ({self.max_message_size} bytes), raise it"
         return ChatClosedError(f"{what}. Call `reconnect()` to open a new session.", self.url, code, reason, turn)
 
     def _report_problem(self, event: ChatEvent, pending: _Pending | None) -> None:
@@ -809,6 +811,16 @@ def _end_span(span: Any, error: str | None = None, turn: Turn | None = None) -> 
     if error:
         span.set_status(Status(StatusCode.ERROR, error))
     span.end()
+
+
+def _close_frame(ws: Any) -> tuple[int | None, str | None]:
+    # The code the peer sent, or the one this side sent when the peer's never arrived (a client that
+    # closes with 1009 on an oversized frame rarely gets the echo).
+    protocol = ws.protocol
+    frame = protocol.close_rcvd or protocol.close_sent
+    if frame is None:
+        return ws.close_code, ws.close_reason
+    return int(frame.code), frame.reason
 
 
 def _with_elapsed(event: ChatEvent, elapsed_ms: float) -> ChatEvent:
