@@ -21,7 +21,7 @@ _STOPWORDS = frozenset(
     "about above after again also because been before being could does doing during every from have "
     "having here into just more most other over same should some such than that their them then there "
     "these they this those through under until very what when where which while will with would your "
-    "hello please thanks thank tell know want like".split()
+    "hello please thanks thank tell know want like explain describe actually really maybe".split()
 )
 
 _OPENERS = (
