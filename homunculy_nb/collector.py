@@ -340,6 +340,8 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # Responses are small and written once; waiting for Nagle's algorithm would stall each export.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.track(self.connection, True)
 
     def finish(self) -> None:
@@ -461,9 +463,11 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
         if close:
             self.send_header("Connection", "close")
             self.close_connection = True
-        self.end_headers()
+        # Headers and body go out in one write (end_headers would flush the headers on their own).
+        self._headers_buffer.append(b"\r\n")
         if self.command != "HEAD":
-            self.wfile.write(payload)
+            self._headers_buffer.append(payload)
+        self.flush_headers()
 
     def _reply_error(self, status: int, encoding: str, message: str, close: bool = False,
                      extra_headers: dict[str, str] | None = None) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from homunculy_nb.errors import ConfigurationError, HomunculyError
 from homunculy_nb.otlp import COLUMNS, SIGNALS, Batch
@@ -35,7 +36,7 @@ DEFAULT_LIMITS = {"spans": 1_000_000, "logs": 1_000_000, "metrics": 5_000_000}
 
 COLUMN_TYPES: dict[str, dict[str, str]] = {
     "spans": {
-        "trace_id": "str", "span_id": "str", "parent_span_id": "str", "name": "str", "kind": "str",
+        "trace_id": "hex", "span_id": "hex", "parent_span_id": "hex", "name": "str", "kind": "str",
         "service_name": "str", "service_instance_id": "str", "scope_name": "str", "start_time": "time",
         "end_time": "time", "status_code": "str", "status_message": "str", "attributes": "object",
         "resource_attributes": "object", "events": "object", "links": "object",
@@ -43,7 +44,7 @@ COLUMN_TYPES: dict[str, dict[str, str]] = {
     "logs": {
         "time": "time", "observed_time": "time", "severity_number": "Int64", "severity_text": "str",
         "body": "object", "service_name": "str", "service_instance_id": "str", "scope_name": "str",
-        "trace_id": "str", "span_id": "str", "attributes": "object", "resource_attributes": "object",
+        "trace_id": "hex", "span_id": "hex", "attributes": "object", "resource_attributes": "object",
     },
     "metrics": {
         "name": "str", "description": "str", "unit": "str", "type": "str", "service_name": "str",
@@ -55,7 +56,10 @@ COLUMN_TYPES: dict[str, dict[str, str]] = {
         "aggregation_temporality": "str",
     },
 }
-"""How each stored column becomes a pandas column; `spans` also gets `duration_ms` after `end_time`."""
+"""How each stored column becomes a pandas column; `spans` also gets `duration_ms` after `end_time`.
+
+"hex" columns hold raw ids of one width (all zero when absent) and become lowercase hex strings.
+"""
 
 OBJECT_COLUMNS = {signal: [c for c, t in types.items() if t == "object"] for signal, types in COLUMN_TYPES.items()}
 
@@ -89,8 +93,34 @@ def _time_array(values: list[int | None]) -> pd.arrays.DatetimeArray:
     return pd.arrays.DatetimeArray._from_sequence(nanos.view("M8[ns]")).tz_localize("UTC")
 
 
+# The two lowercase hex digits of every byte value, as one little-endian uint16 per byte.
+_HEX_PAIRS = np.frombuffer(b"".join(f"{i:02x}".encode() for i in range(256)), dtype="<u2")
+
+
+def _hex_array(values: list[bytes]) -> Any:
+    """Convert equal-width raw ids into a string column of lowercase hex; all-zero ids become missing.
+
+    The hex digits of every id are written into one buffer with numpy and wrapped as an Arrow string
+    array without a Python string per id.
+    """
+    count = len(values)
+    if count == 0:
+        return pd.array([], dtype="str")
+    raw = np.frombuffer(b"".join(values), dtype=np.uint8)
+    width = raw.size // count
+    digits = _HEX_PAIRS[raw]
+    offsets = np.arange(0, (count + 1) * width * 2, width * 2, dtype=np.int64)
+    array = pa.Array.from_buffers(pa.large_string(), count, [None, pa.py_buffer(offsets), pa.py_buffer(digits)])
+    present = raw.reshape(count, width).any(axis=1)
+    if not present.all():
+        array = pc.if_else(pa.array(present), array, pa.scalar(None, pa.large_string()))
+    return pd.array(array, dtype="str")
+
+
 def to_pandas_column(kind: str, values: list[Any]) -> Any:
     """Convert one column list into the pandas array for its kind."""
+    if kind == "hex":
+        return _hex_array(values)
     if kind == "str":
         return pd.array(pa.array(values, type=pa.string()), dtype="str")
     if kind == "time":
