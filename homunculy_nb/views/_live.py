@@ -40,6 +40,7 @@ class Throttle:
         self._timer: threading.Timer | None = None
         self._last_applied = float("-inf")
         self._closed = False
+        self._applying: threading.Thread | None = None
         self.batches = 0
 
     def push(self, item: Any = None) -> None:
@@ -65,13 +66,18 @@ class Throttle:
         self._run_batch()
 
     def close(self) -> None:
-        """Drop queued items and stop scheduling batches."""
+        """Drop queued items, stop scheduling batches and wait for a batch in progress to end."""
         with self._lock:
             self._closed = True
             self._pending.clear()
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+
+        # A batch may be running on a timer thread; once it ends, no widget changes anymore.
+        if self._applying is not threading.current_thread():
+            with self._apply_lock:
+                pass
 
     def _fire(self) -> None:
         # The slot starts now, so a push during this batch schedules the next one an interval later.
@@ -84,16 +90,19 @@ class Throttle:
         with self._apply_lock:
             with self._lock:
                 items, self._pending = self._pending, []
-            if not items:
+            if not items or self._closed:
                 return
 
             self.batches += 1
+            self._applying = threading.current_thread()
             try:
                 self._apply(items)
             except Exception as exc:  # noqa: BLE001 - a widget update must not end the timer thread
                 logger.debug("Live view update failed", exc_info=True)
                 if self._on_error is not None:
                     self._on_error(exc)
+            finally:
+                self._applying = None
 
     def __repr__(self) -> str:
         return f"<Throttle interval={self._interval}s pending={len(self._pending)} batches={self.batches}>"

@@ -159,12 +159,15 @@ class ChatPanel(widgets.VBox):
 
     def close(self) -> None:
         """Stop following the collector and close the widgets; the client stays open."""
-        self._throttle.close()
-        if self._unsubscribe is not None:
+        # Also runs from __del__ of a widget whose __init__ raised, so attributes may be missing.
+        if getattr(self, "_throttle", None) is not None:
+            self._throttle.close()
+        if getattr(self, "_unsubscribe", None) is not None:
             self._unsubscribe()
             self._unsubscribe = None
         super().close()
 
     def __repr__(self) -> str:
-        state = "streaming" if self._worker is not None and self._worker.is_alive() else "idle"
-        return f"<ChatPanel {state}, last trace {getattr(self.turn, 'trace_id', None)!r}>"
+        worker = getattr(self, "_worker", None)
+        state = "streaming" if worker is not None and worker.is_alive() else "idle"
+        return f"<ChatPanel {state}, last trace {getattr(getattr(self, 'turn', None), 'trace_id', None)!r}>"

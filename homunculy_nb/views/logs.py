@@ -127,8 +127,10 @@ class LogViewer(widgets.VBox):
 
     def close(self) -> None:
         """Stop following the collector and close the widgets."""
-        self._throttle.close()
-        if self._unsubscribe is not None:
+        # Also runs from __del__ of a widget whose __init__ raised, so attributes may be missing.
+        if getattr(self, "_throttle", None) is not None:
+            self._throttle.close()
+        if getattr(self, "_unsubscribe", None) is not None:
             self._unsubscribe()
             self._unsubscribe = None
         super().close()

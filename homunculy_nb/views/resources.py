@@ -210,11 +210,13 @@ class ResourceDashboard(widgets.VBox):
 
     def close(self) -> None:
         """Unsubscribe from the stack and close the widgets."""
-        self._throttle.close()
-        for unsubscribe in self._unsubscribe:
+        # Also runs from __del__ of a widget whose __init__ raised, so attributes may be missing.
+        if getattr(self, "_throttle", None) is not None:
+            self._throttle.close()
+        for unsubscribe in getattr(self, "_unsubscribe", []):
             unsubscribe()
         self._unsubscribe = []
-        for row in self._rows.values():
+        for row in getattr(self, "_rows", {}).values():
             for cell in row.cells:
                 cell.close()
         super().close()
