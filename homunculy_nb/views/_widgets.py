@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import html
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -14,15 +15,13 @@ STATE_COLORS = {
     "Unhealthy": "#FF7F0E", "Exited": "#D62728", "FailedToStart": "#D62728",
     "NotStarted": "#7F7F7F", "Stopped": "#7F7F7F",
 }
-SEVERITY_COLORS = {"TRACE": "#7F7F7F", "DEBUG": "#7F7F7F", "INFO": "#1F77B4", "WARN": "#E6A700",
-                   "ERROR": "#D62728", "FATAL": "#8B0000"}
 
 
 def replace_figure(widget: Any, figure: Any) -> None:
     """Show `figure` in the FigureWidget `widget` in one batched update.
 
-    When the traces keep their number and types they are updated in place, which keeps the plot and
-    sends NumPy arrays as binary buffers; otherwise the traces are replaced.
+    When the traces keep their number and types, they are updated in place, which keeps the plot and
+    sends NumPy arrays as binary buffers. Otherwise the traces are replaced.
     """
     with widget.batch_update():
         same_shape = len(widget.data) == len(figure.data) and all(
@@ -122,3 +121,19 @@ def subscribe(source: Any, throttle: Any, signals: tuple[str, ...]) -> Callable[
     if not callable(on_receive):
         return None
     return on_receive(lambda signal, frame: throttle.push((signal, frame)), signals=signals)
+
+
+def serialized(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run `method` under the widget's `_view_lock` (an RLock).
+
+    Refreshes run on the kernel thread (a filter changed) and on the throttle's timer thread (new
+    data). Without the lock, a refresh that read older data could write its widgets after a newer
+    one and leave them stale.
+    """
+
+    @functools.wraps(method)
+    def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._view_lock:
+            return method(self, *args, **kwargs)
+
+    return locked

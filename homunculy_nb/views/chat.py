@@ -8,7 +8,7 @@ from typing import Any
 
 from ._common import format_ms, import_plotly, import_widgets
 from ._live import DEFAULT_INTERVAL, Throttle
-from ._widgets import error_html, replace_figure, subscribe
+from ._widgets import error_html, replace_figure, serialized, subscribe
 from .figures.waterfall import waterfall
 
 widgets = import_widgets()
@@ -28,6 +28,7 @@ class ChatPanel(widgets.VBox):
         if not callable(getattr(client, "send", None)):
             raise TypeError(f"Expected a ChatClient, but {type(client).__name__} has no `send()`.")
 
+        self._view_lock = threading.RLock()
         self._client = client
         self._source = source
         self._lock = threading.Lock()
@@ -95,6 +96,7 @@ class ChatPanel(widgets.VBox):
         else:
             self._throttle.push(("turn", turn))
 
+    @serialized
     def _apply(self, items: list[Any]) -> None:
         text_changed = False
         for item in items:
@@ -145,6 +147,7 @@ class ChatPanel(widgets.VBox):
             if self._source is not None:
                 self.draw_trace()
 
+    @serialized
     def draw_trace(self) -> None:
         """Draw the last turn's trace from `source` (the spans received so far)."""
         if self.figure is None or self.turn is None or not self.turn.trace_id:

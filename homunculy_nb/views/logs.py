@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import html
 import logging
+import threading
 from typing import Any
 
 import pandas as pd
 
 from ._common import import_plotly, import_widgets, require_methods, short_id
 from ._live import DEFAULT_INTERVAL, Throttle
-from ._widgets import MONOSPACE_STYLE, error_html, replace_figure, subscribe
+from ._widgets import MONOSPACE_STYLE, error_html, replace_figure, serialized, subscribe
 from .figures.waterfall import waterfall
 
 widgets = import_widgets()
@@ -41,6 +42,7 @@ class LogViewer(widgets.VBox):
     def __init__(self, source: Any, *, limit: int = 500, live: bool = True,
                  interval: float = DEFAULT_INTERVAL) -> None:
         require_methods(source, "logs", "trace")
+        self._view_lock = threading.RLock()
         go = import_plotly()
 
         self._source = source
@@ -83,6 +85,7 @@ class LogViewer(widgets.VBox):
                                     contains=self.text.value or None)
         return records.sort_values("time", kind="stable").tail(self._limit).reset_index(drop=True)
 
+    @serialized
     def refresh(self) -> None:
         """Query the records again and update the service list and the table."""
         services = sorted({str(s) for s in self._source.logs()["service_name"].dropna()})
@@ -103,6 +106,7 @@ class LogViewer(widgets.VBox):
             self.table.options = options
         self._message.value = html.escape(f"{len(records)} records")
 
+    @serialized
     def open_record(self, index: int) -> None:
         """Draw the trace of record `index` of the list; a record without a trace id clears the figure."""
         record = self._records.iloc[index]
@@ -113,6 +117,7 @@ class LogViewer(widgets.VBox):
             return
         self.open_trace(trace_id)
 
+    @serialized
     def open_trace(self, trace_id: str) -> None:
         """Draw the waterfall of `trace_id` under the list."""
         self._trace_id = trace_id

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import html
+import threading
 from typing import Any
 
 from ._common import import_plotly, import_widgets, require_methods
 from ._live import DEFAULT_INTERVAL, Throttle
-from ._widgets import error_html, replace_figure, subscribe
+from ._widgets import error_html, replace_figure, serialized, subscribe
 from .figures.metric_chart import metric_chart
 
 widgets = import_widgets()
@@ -23,6 +24,7 @@ class MetricsExplorer(widgets.VBox):
 
     def __init__(self, source: Any, *, live: bool = True, interval: float = DEFAULT_INTERVAL) -> None:
         require_methods(source, "metrics")
+        self._view_lock = threading.RLock()
         go = import_plotly()
 
         self._source = source
@@ -42,6 +44,7 @@ class MetricsExplorer(widgets.VBox):
         self._unsubscribe = subscribe(source, self._throttle, ("metrics",)) if live else None
         self.refresh()
 
+    @serialized
     def refresh(self) -> None:
         """Query the services and metric names again and redraw the chart."""
         points = self._source.metrics()
@@ -52,6 +55,7 @@ class MetricsExplorer(widgets.VBox):
             self.service.value = current if current in self.service.options else ALL
         self._update_metrics(points)
 
+    @serialized
     def _update_metrics(self, points: Any = None) -> None:
         service = None if self.service.value == ALL else self.service.value
         points = self._source.metrics(service=service) if points is None or service else points
@@ -61,11 +65,15 @@ class MetricsExplorer(widgets.VBox):
             self._drawing_suspended = True
             try:
                 self.metric.options = names
-                self.metric.value = current if current in names else (names[0] if names else None)
+                if current in names:
+                    self.metric.value = current
+                elif names:
+                    self.metric.value = names[0]
             finally:
                 self._drawing_suspended = False
         self.draw()
 
+    @serialized
     def draw(self) -> None:
         """Draw the chosen metric of the chosen service."""
         if self._drawing_suspended:
@@ -78,6 +86,7 @@ class MetricsExplorer(widgets.VBox):
                                                  rate=self.rate.value))
         self._message.value = ""
 
+    @serialized
     def _apply(self, batches: list[Any]) -> None:
         names = set()
         for _, frame in batches:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import threading
 from collections import deque
 from typing import Any
 
@@ -12,7 +13,7 @@ import pandas as pd
 
 from ._common import import_widgets
 from ._live import DEFAULT_INTERVAL, Throttle
-from ._widgets import console_html, error_html, format_duration, state_badge
+from ._widgets import console_html, error_html, format_duration, serialized, state_badge
 
 widgets = import_widgets()
 logger = logging.getLogger(__name__)
@@ -110,9 +111,11 @@ class ResourceDashboard(widgets.VBox):
             if not callable(getattr(stack, method, None)):
                 raise TypeError(f"Expected a Stack, but {type(stack).__name__} has no `{method}()`.")
 
+        self._view_lock = threading.RLock()
         self._stack = stack
         self._rows: dict[str, _ResourceRow] = {}
         self._selected: str | None = None
+        self._log_since: pd.Timestamp | None = None
         self._lines: deque[str] = deque(maxlen=log_lines)
         self._log_lines = log_lines
 
@@ -136,6 +139,7 @@ class ResourceDashboard(widgets.VBox):
         """The resource whose console log the pane shows."""
         return self._selected
 
+    @serialized
     def refresh(self) -> None:
         """Read `stack.status()` again and update every row (also called on orchestrator events)."""
         status = self._stack.status()
@@ -154,6 +158,7 @@ class ResourceDashboard(widgets.VBox):
         if self._selected is None and names:
             self.select(names[0])
 
+    @serialized
     def select(self, name: str) -> None:
         """Show the console log of resource `name` and follow its new lines."""
         if name not in self._rows:
@@ -165,6 +170,8 @@ class ResourceDashboard(widgets.VBox):
         logs = self._stack.logs(name, tail=self._log_lines)
         self._lines = deque((_format_line(r.time, r.stream, r.line) for r in logs.itertuples(index=False)),
                             maxlen=self._log_lines)
+        # Lines queued before this read are already in `logs`; `_apply` skips them by time.
+        self._log_since = pd.Timestamp(logs["time"].iloc[-1]) if len(logs) else None
         self._log_title.value = f"<b>Console log</b>: {html.escape(name)}"
         self._log.value = console_html(self._lines)
 
@@ -183,6 +190,7 @@ class ResourceDashboard(widgets.VBox):
             future = _loop.submit(asyncio.to_thread(getattr(self._stack, action), name))
         future.add_done_callback(lambda done: self._throttle.push(("done", action, name, done)))
 
+    @serialized
     def _apply(self, items: list[Any]) -> None:
         changed = False
         refresh = False
@@ -191,7 +199,7 @@ class ResourceDashboard(widgets.VBox):
                 refresh = True
             elif item[0] == "log":
                 _, time, resource, stream, line = item
-                if resource == self._selected:
+                if resource == self._selected and (self._log_since is None or pd.Timestamp(time) > self._log_since):
                     self._lines.append(_format_line(time, stream, line))
                     changed = True
             elif item[0] == "done":

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import html
 import logging
+import threading
 from typing import Any
 
 import pandas as pd
 
 from ._common import format_ms, import_plotly, import_widgets, is_error, require_methods, short_id
 from ._live import DEFAULT_INTERVAL, Throttle
-from ._widgets import MONOSPACE_STYLE, error_html, html_table, replace_figure, subscribe
+from ._widgets import MONOSPACE_STYLE, error_html, html_table, replace_figure, serialized, subscribe
 from .figures.waterfall import waterfall
 
 widgets = import_widgets()
@@ -40,6 +41,7 @@ class TraceExplorer(widgets.VBox):
     def __init__(self, source: Any, *, limit: int = 200, live: bool = True,
                  interval: float = DEFAULT_INTERVAL) -> None:
         require_methods(source, "traces", "trace", "logs")
+        self._view_lock = threading.RLock()
         go = import_plotly()
 
         self._source = source
@@ -92,6 +94,7 @@ class TraceExplorer(widgets.VBox):
                                                                          regex=False)]
         return traces.sort_values("start_time", ascending=False).head(self._limit)
 
+    @serialized
     def refresh(self) -> None:
         """Query the traces again and update the service list and the table."""
         all_traces = self._source.traces()
@@ -111,6 +114,7 @@ class TraceExplorer(widgets.VBox):
                 self.table.value = selected
         self._message.value = html.escape(f"{len(traces)} of {len(all_traces)} traces")
 
+    @serialized
     def select_trace(self, trace_id: str) -> None:
         """Draw the waterfall of `trace_id` and list its logs."""
         self._trace_id = trace_id
@@ -119,6 +123,7 @@ class TraceExplorer(widgets.VBox):
         self._draw()
         self.details.value = "Click a bar to see the span's attributes, events and resource."
 
+    @serialized
     def select_span(self, span_id: str) -> None:
         """Show the attributes, events and resource of span `span_id` of the open trace."""
         rows = self._spans[self._spans["span_id"] == span_id] if not self._spans.empty else self._spans
@@ -126,6 +131,7 @@ class TraceExplorer(widgets.VBox):
             raise ValueError(f"Span {span_id!r} is not in the open trace {self._trace_id!r}.")
         self.details.value = span_details(rows.iloc[0])
 
+    @serialized
     def _draw(self) -> None:
         if self._trace_id is None:
             return
@@ -145,6 +151,7 @@ class TraceExplorer(widgets.VBox):
             self.select_span(str(trace.customdata[index][0]))
             return
 
+    @serialized
     def _apply(self, batches: list[Any]) -> None:
         self.refresh()
         if self._trace_id is not None and any(_mentions(batch, self._trace_id) for batch in batches):

@@ -22,9 +22,9 @@ def bucket_quantile(bounds: Sequence[float], counts: Sequence[float], quantile: 
                     minimum: float | None = None, maximum: float | None = None) -> float:
     """Estimate a quantile (0..1) of an explicit-bucket histogram by linear interpolation in its bucket.
 
-    Bucket i holds values in (bounds[i-1], bounds[i]]; the first bucket starts at `minimum` when known,
-    else at 0 (or at its upper bound when that is negative); the overflow bucket ends at `maximum` when
-    known, else the estimate is the last bound. The result is clamped to [minimum, maximum] when they
+    Bucket i contains the values in (bounds[i-1], bounds[i]]. The first bucket starts at `minimum` when
+    known, else at 0 (or at its upper bound when that is negative). The overflow bucket ends at `maximum`
+    when known, else the estimate is the last bound. The result is clamped to [minimum, maximum] when they
     are given. Returns NaN for an empty histogram.
     """
     counts = np.asarray(counts, dtype=float)
@@ -87,8 +87,8 @@ def histogram_intervals(points: pd.DataFrame) -> pd.DataFrame:
     """Turn histogram points into one row per reporting interval: series, time, bounds, counts, sum, min, max.
 
     Cumulative points become the difference from the previous point of the same series, so each row
-    covers only its own interval; min and max are then unknown (None) because OTLP reports them for
-    the whole cumulative window. A point that starts a new window (first point, a new start time,
+    covers only its own interval. Their min and max are then unknown (None), because OTLP reports them
+    for the whole cumulative window. A point that starts a new window (first point, a new start time,
     changed bounds or a count that went down) is taken as it is.
     """
     rows = []
@@ -245,8 +245,8 @@ def _quantile_pairs(quantiles: object) -> list[tuple[float, float]]:
 def exponential_to_explicit(buckets: dict) -> tuple[list[float], list[float]]:
     """Turn an OTLP exponential histogram's buckets into explicit bounds and counts.
 
-    With base = 2 ** 2 ** -scale, positive bucket i holds (base**i, base**(i+1)], negative bucket i holds
-    [-base**(i+1), -base**i), and the zero bucket holds [-zero_threshold, zero_threshold]. Gaps between
+    With base = 2 ** 2 ** -scale, positive bucket i contains (base**i, base**(i+1)], negative bucket i
+    contains [-base**(i+1), -base**i), and the zero bucket contains [-zero_threshold, zero_threshold]. Gaps between
     them become empty buckets, so the explicit form covers the same values.
     """
     base = 2.0 ** (2.0 ** -int(buckets.get("scale", 0)))

@@ -20,11 +20,15 @@ for i in itertools.count():
 """
 
 
-def wait_for(condition, timeout: float = 60.0) -> None:
+def wait_for(condition, timeout: float = 60.0, dashboard: ResourceDashboard | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
+            shown = ""
+            if dashboard is not None:
+                states = {name: row.state.value for name, row in dashboard._rows.items()}
+                shown = f"; dashboard message {dashboard._message.value!r}, states {states}"
+            raise AssertionError(f"condition not met in {timeout} s{shown}")
         time.sleep(0.05)
 
 
@@ -56,7 +60,7 @@ def test_dashboard_rows_show_status(stack):
 
         assert list(dashboard._rows) == ["ticker", "once"]
         assert "Healthy" in ticker.state.value
-        wait_for(lambda: "Finished" in once.state.value)
+        wait_for(lambda: "Finished" in once.state.value, dashboard=dashboard)
         assert ticker.pid.value == str(status.loc["ticker", "pid"])
         assert ticker.type.value == "python_app"
         assert ticker.start.disabled
@@ -74,6 +78,8 @@ def test_dashboard_console_follows_new_lines(stack):
     try:
         first = last_tick(dashboard._log.value)
         wait_for(lambda: last_tick(dashboard._log.value) > first + 3)
+        ticks = [int(number) for number in re.findall(r"tick (\d+)", dashboard._log.value)]
+        assert ticks == list(range(ticks[0], ticks[0] + len(ticks)))
 
         dashboard.select("once")
         assert "hello once" in dashboard._log.value
@@ -90,7 +96,7 @@ def test_dashboard_buttons_stop_and_start(stack):
     try:
         row = dashboard._rows["ticker"]
         row.stop.click()
-        wait_for(lambda: "Stopped" in row.state.value)
+        wait_for(lambda: "Stopped" in row.state.value, dashboard=dashboard)
         wait_for(lambda: "Stop ticker: done." in dashboard._message.value)
         assert stack.status().set_index("name").loc["ticker", "state"] == "Stopped"
         assert not row.start.disabled
@@ -107,7 +113,7 @@ def test_dashboard_buttons_stop_and_start(stack):
 def test_dashboard_shows_failed_action(stack):
     dashboard = ResourceDashboard(stack, interval=0.1)
     try:
-        wait_for(lambda: "Finished" in dashboard._rows["once"].state.value)
+        wait_for(lambda: "Finished" in dashboard._rows["once"].state.value, dashboard=dashboard)
         dashboard.act("stop", "once")
         wait_for(lambda: "failed" in dashboard._message.value)
         assert "Cannot stop `once`" in dashboard._message.value
