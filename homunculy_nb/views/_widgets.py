@@ -87,7 +87,7 @@ def console_html(lines: Iterable[str], height: str = "260px") -> str:
     text = html.escape("\n".join(lines))
     return (f"<div style='height:{height};overflow:auto;display:flex;flex-direction:column-reverse;"
             f"background:#1E1E1E;color:#DDDDDD;padding:4px 8px;border-radius:4px'>"
-            f"<pre style='margin:0;font-size:12px;line-height:1.3;white-space:pre-wrap'>{text}</pre></div>")
+            f"<pre style='flex:none;margin:0;font-size:12px;line-height:1.3;white-space:pre-wrap'>{text}</pre></div>")
 
 
 def format_duration(seconds: float) -> str:

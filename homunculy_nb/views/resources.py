@@ -22,7 +22,7 @@ STARTABLE = {"NotStarted", "Stopped", "Exited", "FailedToStart", "Finished"}
 STOPPABLE = {"Waiting", "Starting", "Running", "Healthy", "Unhealthy"}
 UP = {"Running", "Healthy", "Unhealthy"}
 COLUMNS = ("resource", "type", "state", "health", "endpoints", "pid", "uptime", "restarts", "")
-GRID_TEMPLATE = "minmax(150px, 1.6fr) 0.9fr 1fr 0.8fr minmax(180px, 2fr) 0.6fr 0.8fr 0.6fr 230px"
+GRID_TEMPLATE = "minmax(150px, 1.6fr) minmax(90px, 1fr) 1fr 0.8fr minmax(180px, 2fr) 0.6fr 0.8fr 0.6fr 240px"
 
 
 class _ResourceRow:
