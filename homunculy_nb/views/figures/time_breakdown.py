@@ -8,67 +8,81 @@ from typing import Any
 import pandas as pd
 
 from .._common import empty_figure, import_plotly, require_methods, short_id
-from .waterfall import tree_order
+from .waterfall import critical_path, tree_order
 
 CATEGORIES = ("LLM", "TTS", "database", "network", "compute")
 CATEGORY_COLORS = {"LLM": "#AB63FA", "TTS": "#FFA15A", "database": "#00CC96", "network": "#19D3F3",
                    "compute": "#B0B0B0"}
-# Categories that also claim the spans below them: the LLM server's own spans are LLM time.
-_INHERITED = {"LLM", "TTS", "database"}
 _CLIENT_KINDS = {"CLIENT", "SPAN_KIND_CLIENT", "3"}
 
 
 def span_category(name: object, kind: object, attributes: object) -> str | None:
-    """Return the category a span's own attributes give it, or None when they give none.
+    """Return the category a span's own attributes give it: LLM, TTS or database, else None.
 
-    LLM: any `gen_ai.*` attribute. TTS: a `tts.*` attribute, or a span name or server address naming
-    TTS or ElevenLabs. Database: `db.system`. Network: any other CLIENT span.
+    LLM: any `gen_ai.*` attribute. TTS: a `tts.*` attribute, or a span name, server address or URL
+    naming TTS, text-to-speech or ElevenLabs. Database: `db.system` (or `db.system.name`).
     """
     attributes = attributes if isinstance(attributes, dict) else {}
     keys = [str(key) for key in attributes]
     if any(key.startswith("gen_ai.") for key in keys):
         return "LLM"
+
     text = f"{name} {attributes.get('server.address', '')} {attributes.get('url.full', '')}".lower()
-    if any(key.startswith("tts.") for key in keys) or "tts" in text.split() or "elevenlabs" in text \
-            or "text-to-speech" in text or "tts" in str(name).lower():
+    if any(key.startswith("tts.") for key in keys) or "tts" in text or "elevenlabs" in text \
+            or "text-to-speech" in text:
         return "TTS"
     if attributes.get("db.system") or attributes.get("db.system.name"):
         return "database"
-    if str(kind).upper() in _CLIENT_KINDS:
-        return "network"
     return None
 
 
-def time_breakdown_table(spans: pd.DataFrame) -> pd.DataFrame:
-    """Return, per trace, the self time in ms of each category, plus root name, start time and duration.
+def span_categories(spans: pd.DataFrame) -> dict[Any, str]:
+    """Return the category of each span of one trace, by span id.
 
-    Each span's self time goes to its own category, else to the nearest ancestor's LLM, TTS or database
-    category, else to "compute". Self times of one trace add up to the time its spans were busy, so
-    concurrent children can make the sum exceed the trace duration.
+    A span's own LLM, TTS or database category comes first; then that of its nearest categorized
+    ancestor, so the LLM server's spans under an LLM call count as LLM; then "network" for a CLIENT
+    span; else "compute".
+    """
+    ordered = tree_order(spans)
+    parent_of = dict(zip(ordered["span_id"], ordered["parent_span_id"]))
+    categories: dict[Any, str] = {}
+    inherited: dict[Any, str | None] = {}
+    for span in ordered.itertuples(index=False):
+        own = span_category(span.name, span.kind, span.attributes)
+        above = inherited.get(parent_of.get(span.span_id))
+        inherited[span.span_id] = own or above
+        if own or above:
+            categories[span.span_id] = own or above
+        elif str(span.kind).upper() in _CLIENT_KINDS:
+            categories[span.span_id] = "network"
+        else:
+            categories[span.span_id] = "compute"
+    return categories
+
+
+def time_breakdown_table(spans: pd.DataFrame) -> pd.DataFrame:
+    """Return, per trace, the milliseconds of its critical path in each category, plus root name and start.
+
+    The critical path (see `critical_path`) covers each moment of the trace once, so the categories
+    add up to the trace's duration: a child that runs beside a longer sibling adds nothing.
     """
     rows = []
     for trace_id, trace in spans.groupby("trace_id", sort=False):
-        ordered = tree_order(trace)
-        category_of: dict[Any, str] = {}
+        categories = span_categories(trace)
         totals = dict.fromkeys(CATEGORIES, 0.0)
-        parent_of = dict(zip(ordered["span_id"], ordered["parent_span_id"]))
-        for span in ordered.itertuples(index=False):
-            category = span_category(span.name, span.kind, span.attributes)
-            if category is None:
-                parent_category = category_of.get(parent_of.get(span.span_id))
-                category = parent_category if parent_category in _INHERITED else "compute"
-            category_of[span.span_id] = category
-            totals[category] += float(span.self_time_ms)
-        root = ordered.iloc[0]
+        for segment in critical_path(trace).itertuples(index=False):
+            totals[categories[segment.span_id]] += float(segment.duration_ms)
+
+        ordered = tree_order(trace)
         duration = (ordered["end_time"].max() - ordered["start_time"].min()) / pd.Timedelta(milliseconds=1)
-        rows.append({"trace_id": trace_id, "root_name": root["name"], "start_time": ordered["start_time"].min(),
-                     "duration_ms": duration, **totals})
+        rows.append({"trace_id": trace_id, "root_name": ordered.iloc[0]["name"],
+                     "start_time": ordered["start_time"].min(), "duration_ms": duration, **totals})
     columns = ["trace_id", "root_name", "start_time", "duration_ms", *CATEGORIES]
     return pd.DataFrame(rows, columns=columns).sort_values("start_time", kind="stable").reset_index(drop=True)
 
 
 def time_breakdown(source: Any, trace_ids: Any = None, *, service: str | None = None, limit: int = 30) -> Any:
-    """Draw the time of each trace split into LLM, TTS, database, network and compute (stacked bars).
+    """Draw the critical path of each trace split into LLM, TTS, database, network and compute (stacked bars).
 
     Takes the given `trace_ids`, else the `limit` latest traces (of `service`, when given).
     """
@@ -97,7 +111,7 @@ def time_breakdown(source: Any, trace_ids: Any = None, *, service: str | None = 
             hovertemplate=f"%{{y}}<br>{category}: %{{x:.1f}} ms<extra></extra>",
         ))
     figure.update_layout(
-        title="Where the time goes per trace (self time by category)", barmode="stack",
+        title="Where the time goes per trace (critical path by category)", barmode="stack",
         height=max(260, 80 + 26 * len(table)), xaxis={"title": "ms"},
         yaxis={"autorange": "reversed", "automargin": True, "type": "category"},
         margin={"l": 10, "r": 10, "t": 50, "b": 40},

@@ -11,7 +11,7 @@ from homunculy_nb.views import figures
 from homunculy_nb.views.figures.llm_usage import llm_calls
 from homunculy_nb.views.figures.metric_chart import bucket_quantile, exponential_to_explicit, histogram_percentiles
 from homunculy_nb.views.figures.service_map import call_graph
-from homunculy_nb.views.figures.time_breakdown import time_breakdown_table
+from homunculy_nb.views.figures.time_breakdown import CATEGORIES, span_categories, time_breakdown_table
 from homunculy_nb.views.figures.waterfall import critical_path, tree_order
 
 
@@ -252,18 +252,31 @@ def test_time_breakdown_categories(telemetry):
     table = time_breakdown_table(telemetry.collector.spans()).set_index("trace_id")
 
     turn = table.loc[telemetry.T1]
-    assert turn["LLM"] == 530.0
+    assert turn["LLM"] == 0.0
     assert turn["TTS"] == 600.0
     assert turn["database"] == 80.0
-    assert turn["compute"] == 90.0
+    assert turn["compute"] == 320.0
+    assert turn[list(CATEGORIES)].sum() == turn["duration_ms"]
+    failed = table.loc[telemetry.T3]
+    assert failed["LLM"] == 180.0
+    assert failed["compute"] == 20.0
     assert table.loc[telemetry.T2, "compute"] == 5.0
+
+
+def test_time_breakdown_llm_server_inherits(telemetry):
+    categories = span_categories(telemetry.collector.spans(trace_id=telemetry.T1))
+
+    assert categories["00000000000000d1"] == "LLM"
+    assert categories["00000000000000c1"] == "LLM"
+    assert categories["00000000000000e1"] == "TTS"
+    assert categories["00000000000000a2"] == "compute"
 
 
 def test_time_breakdown_figure(telemetry):
     figure = figures.time_breakdown(telemetry.collector, [telemetry.T1, telemetry.T3])
 
     llm = next(trace for trace in figure.data if trace.name == "LLM")
-    assert list(llm.x) == [530.0, 180.0]
+    assert list(llm.x) == [0.0, 180.0]
 
 
 def test_turn_timings_from_frame():
