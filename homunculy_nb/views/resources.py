@@ -22,7 +22,7 @@ STARTABLE = {"NotStarted", "Stopped", "Exited", "FailedToStart", "Finished"}
 STOPPABLE = {"Waiting", "Starting", "Running", "Healthy", "Unhealthy"}
 UP = {"Running", "Healthy", "Unhealthy"}
 COLUMNS = ("resource", "type", "state", "health", "endpoints", "pid", "uptime", "restarts", "")
-GRID_TEMPLATE = "minmax(150px, 1.6fr) minmax(90px, 1fr) 1fr 0.8fr minmax(180px, 2fr) 0.6fr 0.8fr 0.6fr 240px"
+GRID_TEMPLATE = "minmax(190px, 1.8fr) minmax(90px, 1fr) 1fr 0.8fr minmax(180px, 2fr) 0.6fr 0.8fr 0.6fr 256px"
 
 
 class _ResourceRow:
@@ -42,7 +42,7 @@ class _ResourceRow:
         self.restarts = widgets.Label()
         self.start = widgets.Button(description="Start", icon="play", layout=widgets.Layout(width="72px"))
         self.stop = widgets.Button(description="Stop", icon="stop", layout=widgets.Layout(width="72px"))
-        self.restart = widgets.Button(description="Restart", icon="refresh", layout=widgets.Layout(width="82px"))
+        self.restart = widgets.Button(description="Restart", icon="refresh", layout=widgets.Layout(width="96px"))
         for button, action in ((self.start, "start"), (self.stop, "stop"), (self.restart, "restart")):
             button.on_click(lambda _, action=action: dashboard.act(action, name))
         self.buttons = widgets.HBox([self.start, self.stop, self.restart])
