@@ -48,6 +48,7 @@ class TraceExplorer(widgets.VBox):
         self._limit = limit
         self._trace_id: str | None = None
         self._spans = pd.DataFrame()
+        self._updating_filters = False
 
         self.service = widgets.Dropdown(description="service", options=[ALL], value=ALL)
         self.name = widgets.Text(description="root name", placeholder="contains")
@@ -81,31 +82,40 @@ class TraceExplorer(widgets.VBox):
         """The trace shown in the waterfall."""
         return self._trace_id
 
-    def filtered_traces(self) -> pd.DataFrame:
-        """Return the traces that match the filters, newest first, at most `limit` of them."""
+    def filtered_traces(self, traces: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Return the traces that match the filters, newest first, at most `limit` of them.
+
+        `traces` is the frame of `source.traces()`, queried when not given.
+        """
+        traces = self._source.traces() if traces is None else traces
         window = self.window.value
-        since = pd.Timestamp.now(tz="UTC") - pd.Timedelta(window) if window else None
-        service = None if self.service.value == ALL else self.service.value
-        traces = self._source.traces(service=service, since=since,
-                                     min_duration_ms=self.min_duration.value or None,
-                                     errors_only=self.errors_only.value)
-        if self.name.value:
-            traces = traces[traces["root_name"].astype(str).str.contains(self.name.value, case=False,
-                                                                         regex=False)]
-        return traces.sort_values("start_time", ascending=False).head(self._limit)
+        return filter_traces(
+            traces,
+            service=None if self.service.value == ALL else self.service.value,
+            since=pd.Timestamp.now(tz="UTC") - pd.Timedelta(window) if window else None,
+            min_duration_ms=self.min_duration.value,
+            errors_only=self.errors_only.value,
+            name=self.name.value,
+        ).head(self._limit)
 
     @serialized
     def refresh(self) -> None:
         """Query the traces again and update the service list and the table."""
+        if self._updating_filters:
+            return
+
         all_traces = self._source.traces()
-        services = sorted({str(service) for services in all_traces.get("services", []) for service in services}
-                          | {str(s) for s in all_traces.get("root_service", [])})
+        services = sorted({str(service) for services in all_traces["services"] for service in services})
         if [ALL, *services] != list(self.service.options):
             current = self.service.value
-            self.service.options = [ALL, *services]
-            self.service.value = current if current in self.service.options else ALL
+            self._updating_filters = True
+            try:
+                self.service.options = [ALL, *services]
+                self.service.value = current if current in self.service.options else ALL
+            finally:
+                self._updating_filters = False
 
-        traces = self.filtered_traces()
+        traces = self.filtered_traces(all_traces)
         options = [(trace_label(row), row.trace_id) for row in traces.itertuples(index=False)]
         if options != list(self.table.options):
             selected = self.table.value
@@ -172,6 +182,25 @@ class TraceExplorer(widgets.VBox):
 
     def __repr__(self) -> str:
         return f"<TraceExplorer traces={len(self.table.options)} selected={self._trace_id!r}>"
+
+
+def filter_traces(traces: pd.DataFrame, service: str | None = None, since: pd.Timestamp | None = None,
+                  min_duration_ms: float = 0, errors_only: bool = False, name: str = "") -> pd.DataFrame:
+    """Return the rows of a `traces()` frame that touch `service`, started at or after `since`, took at
+    least `min_duration_ms`, have an error span (with `errors_only`) and whose root name contains `name`
+    (case-insensitive), newest first."""
+    mask = pd.Series(True, index=traces.index)
+    if service is not None:
+        mask &= traces["services"].map(lambda services: service in list(services))
+    if since is not None:
+        mask &= traces["start_time"] >= since
+    if min_duration_ms:
+        mask &= traces["duration_ms"] >= min_duration_ms
+    if errors_only:
+        mask &= traces["error_count"] > 0
+    if name:
+        mask &= traces["root_name"].astype(str).str.contains(name, case=False, regex=False)
+    return traces[mask].sort_values("start_time", ascending=False)
 
 
 def _mentions(batch: tuple[str, pd.DataFrame], trace_id: str) -> bool:

@@ -188,3 +188,14 @@ def test_metrics_explorer_picks_metric(telemetry):
         assert list(explorer.figure.data[0].y) == [2.0]
     finally:
         explorer.close()
+
+
+def test_views_public_names():
+    from homunculy_nb import views
+
+    assert sorted(views.__all__) == [
+        "ChatPanel", "LogViewer", "MetricsExplorer", "ResourceDashboard", "TraceExplorer", "latency",
+        "latency_histogram", "llm_usage", "metric_chart", "service_map", "time_breakdown", "turn_timings",
+        "waterfall"]
+    for name in views.__all__:
+        assert callable(getattr(views, name))
