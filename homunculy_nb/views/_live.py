@@ -2,7 +2,7 @@
 
 Collector and orchestrator callbacks arrive on background threads, often many per second. A
 `Throttle` queues what they bring and hands it to one `apply` function in batches, at most once per
-`interval` seconds, on a timer thread. `apply` only sets widget state: ipywidgets sends state changes
+`interval` seconds (unless `flush()` forces one), on a timer thread. `apply` only sets widget state: ipywidgets sends state changes
 to every view of a widget from any thread, while printing from a thread would land in whatever cell
 runs at that moment.
 """
@@ -23,6 +23,7 @@ DEFAULT_INTERVAL = 0.5
 class Throttle:
     """Collect items pushed from any thread and apply them in batches, at most once per `interval` seconds.
 
+    Timer batches start at least `interval` seconds apart; only `flush()` applies earlier.
     `apply(items)` gets the items in push order. An exception in `apply` is logged at DEBUG and passed
     to `on_error`, so a widget can show it; the throttle keeps running.
     """

@@ -192,25 +192,25 @@ class ResourceDashboard(widgets.VBox):
 
     @serialized
     def _apply(self, items: list[Any]) -> None:
-        changed = False
-        refresh = False
+        lines_added = False
         for item in items:
-            if item[0] == "event":
-                refresh = True
-            elif item[0] == "log":
+            if item[0] == "log":
                 _, time, resource, stream, line = item
-                if resource == self._selected and (self._log_since is None or pd.Timestamp(time) > self._log_since):
+                already_read = self._log_since is not None and pd.Timestamp(time) <= self._log_since
+                if resource == self._selected and not already_read:
                     self._lines.append(_format_line(time, stream, line))
-                    changed = True
+                    lines_added = True
             elif item[0] == "done":
                 _, action, name, future = item
-                refresh = True
                 error = future.exception()
-                self._message.value = (error_html(f"{action.capitalize()} {name} failed: {error}") if error
-                                       else html.escape(f"{action.capitalize()} {name}: done."))
-        if refresh or items:
-            self.refresh()
-        if changed:
+                if error is not None:
+                    self._message.value = error_html(f"{action.capitalize()} {name} failed: {error}")
+                else:
+                    self._message.value = html.escape(f"{action.capitalize()} {name}: done.")
+
+        # Every batch refreshes the rows: events change states, and log lines keep the uptimes current.
+        self.refresh()
+        if lines_added:
             self._log.value = console_html(self._lines)
 
     def _show_error(self, error: BaseException) -> None:

@@ -177,7 +177,7 @@ def _add_edges(go: Any, figure: Any, edges: pd.DataFrame, positions: dict[Any, t
     if edges.empty:
         return
 
-    most_calls = edges["calls"].max()
+    max_calls = edges["calls"].max()
     label_x, label_y, labels, hovers = [], [], [], []
     for edge in edges.itertuples(index=False):
         (x0, y0), (x1, y1) = positions[edge.source], positions[edge.target]
@@ -186,7 +186,7 @@ def _add_edges(go: Any, figure: Any, edges: pd.DataFrame, positions: dict[Any, t
         figure.add_annotation(
             x=x1, y=y1, ax=x0, ay=y0, xref="x", yref="y", axref="x", ayref="y",
             showarrow=True, arrowhead=2, arrowsize=1.2, standoff=18, startstandoff=18,
-            arrowwidth=1 + 3 * edge.calls / most_calls,
+            arrowwidth=1 + 3 * edge.calls / max_calls,
             arrowcolor="#D62728" if edge.error_rate > 0 else "#888888",
         )
         label = edge_label(edge.calls, edge.error_rate, edge.p95_ms)

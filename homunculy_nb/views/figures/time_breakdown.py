@@ -1,4 +1,4 @@
-"""Where the time of each trace goes: LLM, TTS, database, network and the services' own work."""
+"""Time breakdown of each trace: LLM, TTS, database, network and the services' own work."""
 
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ def span_category(name: object, kind: object, attributes: object) -> str | None:
 def span_categories(spans: pd.DataFrame) -> dict[Any, str]:
     """Return the category of each span of one trace, by span id.
 
-    A span's own LLM, TTS or database category comes first; then that of its nearest categorized
-    ancestor, so the LLM server's spans under an LLM call count as LLM; then "network" for a CLIENT
-    span; else "compute".
+    A span's own LLM, TTS or database category comes first. Next comes the category of its nearest
+    categorized ancestor, so the LLM server's spans under an LLM call count as LLM. A CLIENT span
+    without either is "network", and any other span is "compute".
     """
     ordered = tree_order(spans)
     parent_of = dict(zip(ordered["span_id"], ordered["parent_span_id"]))

@@ -134,8 +134,8 @@ def critical_path(spans: pd.DataFrame) -> pd.DataFrame:
 def waterfall(source: Any, trace_id: str, *, height: int | None = None) -> Any:
     """Draw one trace as a waterfall: a bar per span in tree order, offsets and widths in milliseconds.
 
-    Bars are coloured by service; error spans get a red outline and a ✕; a thin dark bar inside each
-    span marks the time it spends on the critical path. Hover shows duration, self time and key
+    Bars are coloured by service, and error spans get a red outline and a ✕. A thin dark bar inside
+    each span marks the time it spends on the critical path. Hover shows duration, self time and key
     attributes. Each bar's `customdata` starts with its span id, which widgets use on click.
     """
     require_methods(source, "trace")
