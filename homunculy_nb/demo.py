@@ -81,7 +81,9 @@ def execute_notebook(path: Path, output: Path, env: dict[str, str], timeout: flo
     from nbclient.exceptions import CellExecutionError
 
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+    # Widget state is not stored: each plotly FigureWidget's state carries plotly.js (several MB), and
+    # static HTML cannot run the widgets anyway, so the copies show the widgets' text form instead.
+    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", store_widget_state=False,
                             resources={"metadata": {"path": str(cwd)}})
     failure: CellExecutionError | None = None
     try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-import zlib
+import threading
 from typing import Any
 
 import numpy as np
@@ -42,9 +42,21 @@ def import_widgets() -> Any:
     return ipywidgets
 
 
+_service_colors: dict[str, str] = {}
+_service_colors_lock = threading.Lock()
+
+
 def service_color(service: object) -> str:
-    """Return the colour of a service, the same in every figure and every kernel session."""
-    return PALETTE[zlib.crc32(str(service).encode()) % len(PALETTE)]
+    """Return the colour of a service: the next palette colour on first use, the same one afterwards.
+
+    Services get distinct colours in the order the kernel first draws them, so every figure of a session
+    shows a service in one colour; after ten services the palette repeats.
+    """
+    name = str(service)
+    with _service_colors_lock:
+        if name not in _service_colors:
+            _service_colors[name] = PALETTE[len(_service_colors) % len(PALETTE)]
+        return _service_colors[name]
 
 
 def is_error(status_code: object) -> bool:

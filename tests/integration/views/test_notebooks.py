@@ -50,8 +50,10 @@ def test_demo_executes_both_notebooks(tmp_path):
         executed = nbformat.read(run_dir / "notebooks" / f"{name}.ipynb", as_version=4)
         assert error_outputs(executed) == []
         assert all(cell.execution_count for cell in executed.cells if cell.cell_type == "code")
-        html = (run_dir / "notebooks" / f"{name}.html").read_text(encoding="utf-8")
+        html_path = run_dir / "notebooks" / f"{name}.html"
+        html = html_path.read_text(encoding="utf-8")
         assert "Plotly.newPlot" in html
+        assert html_path.stat().st_size < 12_000_000
 
     turns = pd.read_parquet(run_dir / "turns.parquet")
     assert len(turns) == 16

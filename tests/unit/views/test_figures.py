@@ -309,3 +309,13 @@ def test_figures_render_to_html(telemetry, tmp_path):
     text = path.read_text()
     assert "chat_request" in text
     assert "Plotly.newPlot" in text
+
+
+def test_service_colors_distinct_and_stable():
+    from homunculy_nb.views._common import PALETTE, service_color
+
+    names = [f"color-test-{index}" for index in range(len(PALETTE))]
+    colors = [service_color(name) for name in names]
+
+    assert len(set(colors)) == len(PALETTE)
+    assert [service_color(name) for name in names] == colors
