@@ -53,7 +53,8 @@ class _ResourceRow:
         state = str(getattr(row.get("state"), "value", row.get("state")))
         self.type.value = _text(row.get("type"))
         self.state.value = state_badge(state)
-        self.health.value = html.escape(_text(row.get("health")))
+        # The last health result is stale once the resource stops, so it shows only while it is up.
+        self.health.value = html.escape(_text(row.get("health"))) if state in UP else ""
         self.endpoints.value = endpoint_links(row.get("endpoints"))
         self.pid.value = _text(row.get("pid"))
         self.restarts.value = _text(row.get("restarts"))

@@ -44,6 +44,14 @@ SELECT_LAST_CELL = """() => {
     const notebook = window.jupyterapp.shell.currentWidget.content;
     notebook.activeCellIndex = notebook.widgets.length - 1;
 }"""
+# Insert a cell showing the dashboard a second time, above the last cell, and run it.
+SHOW_DASHBOARD_AGAIN = """async () => {
+    const app = window.jupyterapp;
+    await app.commands.execute("notebook:insert-cell-above");
+    const notebook = app.shell.currentWidget.content;
+    notebook.activeCell.model.sharedModel.setSource("dashboard");
+    await app.commands.execute("notebook:run-cell");
+}"""
 # True once the kernel is idle and every code cell (but the last, with `but_last`) has run.
 CELLS_RAN = """(butLast) => {
     const panel = window.jupyterapp.shell.currentWidget;
@@ -168,8 +176,19 @@ def test_launch_notebook_renders_in_chromium(lab, tmp_path):
             dashboard_text = dashboard.inner_text()
             healthy = dashboard_text.count("Healthy")
 
+            # A second view of the same dashboard must follow the stack too once the last cell stops it.
+            page.evaluate(SHOW_DASHBOARD_AGAIN)
+            page.wait_for_function("() => document.querySelectorAll('.widget-gridbox').length >= 2",
+                                   timeout=60_000)
+            page.evaluate(SELECT_LAST_CELL)
             page.evaluate("window.jupyterapp.commands.execute('notebook:run-cell')")
             page.wait_for_function(CELLS_RAN, arg=False, timeout=300_000, polling=1000)
+            page.wait_for_function(
+                """() => Array.from(document.querySelectorAll('.widget-gridbox'))
+                        .every((grid) => grid.innerText.split('Stopped').length - 1 === 7)""",
+                timeout=60_000,
+            )
+            views_text = [page.locator(".widget-gridbox").nth(i).inner_text() for i in range(2)]
             text = page.inner_text(".jp-NotebookPanel")
             errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
             tracebacks = [errors.nth(i).inner_text() for i in range(errors.count())
@@ -183,6 +202,8 @@ def test_launch_notebook_renders_in_chromium(lab, tmp_path):
     for name in RESOURCES:
         assert name in dashboard_text
     assert healthy >= 9
+    assert views_text[0].count("Stopped") == 7
+    assert views_text[1] == views_text[0]
     assert plots >= 1
     assert screenshot.stat().st_size > 10_000
     assert (run_dir / "telemetry").is_dir()

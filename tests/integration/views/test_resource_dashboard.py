@@ -100,6 +100,8 @@ def test_dashboard_buttons_stop_and_start(stack):
         wait_for(lambda: "Stop ticker: done." in dashboard._message.value)
         assert stack.status().set_index("name").loc["ticker", "state"] == "Stopped"
         assert not row.start.disabled
+        assert row.health.value == ""
+        assert row.uptime.value == ""
 
         row.start.click()
         wait_for(lambda: "Healthy" in row.state.value)
