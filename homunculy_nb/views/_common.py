@@ -50,7 +50,7 @@ def service_color(service: object) -> str:
     """Return the colour of a service: the next palette colour on first use, the same one afterwards.
 
     Services get distinct colours in the order the kernel first draws them, so every figure of a session
-    shows a service in one colour; after ten services the palette repeats.
+    shows a service in one colour. After ten services the palette repeats.
     """
     name = str(service)
     with _service_colors_lock:

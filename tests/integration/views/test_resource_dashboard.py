@@ -24,11 +24,11 @@ def wait_for(condition, timeout: float = 60.0, dashboard: ResourceDashboard | No
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            shown = ""
+            details = ""
             if dashboard is not None:
                 states = {name: row.state.value for name, row in dashboard._rows.items()}
-                shown = f"; dashboard message {dashboard._message.value!r}, states {states}"
-            raise AssertionError(f"condition not met in {timeout} s{shown}")
+                details = f"; dashboard message {dashboard._message.value!r}, states {states}"
+            raise AssertionError(f"condition not met in {timeout} s{details}")
         time.sleep(0.05)
 
 
