@@ -26,7 +26,7 @@ import re
 import sys
 import time
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -369,7 +369,7 @@ def _parse_sql_file(path: Path, context: _ParseContext) -> list[ChangeSet]:
         # A plain SQL file: one change set, named as Liquibase names an included raw SQL file.
         return [ChangeSet(author=RAW_AUTHOR, id=RAW_ID, filename=_logical_name(path, context), sql=text, source=path)]
 
-    header_attributes = _parse_attributes(header.group("rest"), path, 1)
+    header_attributes = _parse_attributes(header.group("rest"))
     filename = header_attributes.get("logicalFilePath") or _logical_name(path, context)
     return _parse_formatted_sql(lines, path, filename)
 
@@ -450,7 +450,7 @@ _TEXT_ATTRIBUTES = {
 _IGNORED_ATTRIBUTES = {"rollbackSplitStatements", "rollbackEndDelimiter", "created", "runOrder", "logicalFilePath"}
 
 
-def _parse_attributes(text: str, path: Path, line: int) -> dict[str, str]:
+def _parse_attributes(text: str) -> dict[str, str]:
     attributes = {}
     for match in _ATTRIBUTE.finditer(text):
         value = match.group("value")
@@ -467,7 +467,7 @@ def _parse_changeset_line(rest: str, path: Path, line: int, filename: str) -> di
             f"{path}:{line}: `--changeset {rest.strip()}` has no `author:id`. Write `--changeset alice:1`."
         )
 
-    attributes = _parse_attributes(identity.group("rest"), path, line)
+    attributes = _parse_attributes(identity.group("rest"))
     fields: dict[str, Any] = {
         "author": identity.group("quoted") or identity.group("author"),
         "id": identity.group("id"),
@@ -760,7 +760,7 @@ def apply_changelog(
     contexts: Sequence[str] | None = None,
     labels: str | None = None,
     lock_timeout: float = 300.0,
-    on_result: Any = None,
+    on_result: Callable[[AppliedChangeSet], None] | None = None,
 ) -> list[AppliedChangeSet]:
     """Apply every pending change set of `changelog` to the database at `conninfo`, in order.
 

@@ -32,7 +32,8 @@ def template_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture
 def runtime(template_cache: Path) -> PostgresRuntime:
-    return PostgresRuntime(template_cache=template_cache)
+    """A runtime that keeps every cluster in its `data_dir`, so the tests see the data on disk."""
+    return PostgresRuntime(template_cache=template_cache, memory_root=False)
 
 
 @pytest.fixture

@@ -106,6 +106,35 @@ def test_non_persistent_data_and_socket_dirs_are_removed_at_stop(make_launch, st
     assert not server.socket_dir.exists()
 
 
+def test_non_persistent_cluster_lives_in_memory_root_until_stop(make_launch, template_cache, workdir):
+    memory_root = workdir / "ram"
+    memory_root.mkdir()
+    runtime = PostgresRuntime(template_cache=template_cache, memory_root=memory_root)
+    launch = make_launch(persistent=False)
+
+    server = _loop.run(runtime.start(launch), timeout=120)
+    try:
+        assert server.data_dir.parent == memory_root
+        assert not Path(launch.options["data_dir"]).exists()
+    finally:
+        _loop.run(server.stop(), timeout=60)
+    assert list(memory_root.iterdir()) == []
+
+
+def test_failed_start_leaves_nothing_in_memory_root(make_launch, template_cache, workdir):
+    memory_root = workdir / "ram"
+    memory_root.mkdir()
+    runtime = PostgresRuntime(template_cache=template_cache, memory_root=memory_root)
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        with pytest.raises(PortInUseError):
+            _loop.run(runtime.start(make_launch(port=holder.getsockname()[1])), timeout=120)
+
+    assert list(memory_root.iterdir()) == []
+
+
 def test_persistent_data_survives_and_new_password_applies(make_launch, start, connect, workdir):
     data_dir = workdir / "kept"
     first = start(make_launch(data_dir=data_dir, persistent=True, databases=["app"]))
@@ -177,7 +206,8 @@ _ORPHAN_SCRIPT = textwrap.dedent(
         options={"user": "postgres", "password": "pw", "databases": [], "data_dir": Path(sys.argv[1]) / "data",
                  "persistent": False},
     )
-    server = _loop.run(PostgresRuntime(template_cache=Path(sys.argv[3])).start(launch), timeout=120)
+    runtime = PostgresRuntime(template_cache=Path(sys.argv[3]), memory_root=Path(sys.argv[4]))
+    server = _loop.run(runtime.start(launch), timeout=120)
     print(json.dumps(server.state_record()), flush=True)
     time.sleep(600)
     """
@@ -193,8 +223,11 @@ def _free_port() -> int:
 def test_orphan_is_stopped_after_the_starting_process_is_killed(workdir, template_cache):
     run_dir = workdir / "orphan"
     run_dir.mkdir()
+    memory_root = workdir / "ram"
+    memory_root.mkdir()
     starter = subprocess.Popen(
-        [sys.executable, "-c", _ORPHAN_SCRIPT, str(run_dir), str(_free_port()), str(template_cache)],
+        [sys.executable, "-c", _ORPHAN_SCRIPT, str(run_dir), str(_free_port()), str(template_cache),
+         str(memory_root)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     try:
@@ -211,6 +244,7 @@ def test_orphan_is_stopped_after_the_starting_process_is_killed(workdir, templat
 
         assert not _alive(record["pid"])
         assert not Path(record["data_dir"]).exists()
+        assert list(memory_root.iterdir()) == []
     finally:
         if _alive(record["pid"]):
             os.killpg(record["pid"], signal.SIGKILL)
