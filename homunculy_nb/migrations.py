@@ -344,7 +344,7 @@ def _parse_folder(folder: Path, context: _ParseContext, allow_empty: bool = Fals
         key=lambda candidate: candidate.relative_to(folder).as_posix(),
     )
     if not files and not allow_empty:
-        raise MigrationError(f"The changelog folder {folder} holds no .sql or .xml files.")
+        raise MigrationError(f"The changelog folder {folder} contains no .sql or .xml files.")
 
     change_sets: list[ChangeSet] = []
     for file in files:
@@ -425,7 +425,7 @@ def _parse_formatted_sql(lines: list[str], path: Path, filename: str) -> list[Ch
 
     finish()
     if not change_sets:
-        raise MigrationError(f"The formatted SQL file {path} holds no `--changeset author:id` line.")
+        raise MigrationError(f"The formatted SQL file {path} contains no `--changeset author:id` line.")
     return change_sets
 
 
@@ -446,7 +446,7 @@ _TEXT_ATTRIBUTES = {
     "labels": "labels",
     "dbms": "dbms",
 }
-# Attributes Liquibase knows that do not change how a change set runs here.
+# Liquibase attributes that do not change how a change set runs here.
 _IGNORED_ATTRIBUTES = {"rollbackSplitStatements", "rollbackEndDelimiter", "created", "runOrder", "logicalFilePath"}
 
 

@@ -1,17 +1,21 @@
 """PostgreSQL servers run from the machine's own binaries (`initdb`, `postgres`).
 
 `PostgresRuntime.start()` prepares a data directory, runs `postgres` as a child process in its own
-session, waits for the readiness mark `pg_ctl -w` waits for, sets the superuser's password and creates
-the declared databases. The server listens on `launch.host` over TCP with scram-sha-256 password
-authentication, and on a Unix socket in a short private directory under /tmp with trust authentication;
-only the server's OS user and root can open that directory.
+session and waits for the readiness mark in postmaster.pid that `pg_ctl -w` waits for. It then sets the
+superuser's password and creates the declared databases. Stopping sends the signals `pg_ctl stop` sends
+(fast shutdown, then immediate shutdown), then SIGKILL. Running `postgres` as a child instead of through
+`pg_ctl start` gives the orchestrator its exit code and its log lines on a pipe.
 
-When the caller is root, the server runs as an unprivileged OS user (`postgres` when it exists, else a
-system user `homunculy-nb` created on first use) that owns the data directory. Directories above the data
-directory that this user cannot search get a POSIX ACL entry granting it search permission only.
+The server listens on `launch.host` over TCP with scram-sha-256 password authentication. It also listens
+on a Unix socket with trust authentication, in a short private directory under /tmp that only the
+server's OS user and root can open.
+
+When the caller is root, the server runs as an unprivileged OS user that owns the data directory:
+`postgres` when it exists, else a system user `homunculy-nb` created on first use. Directories above the
+data directory that this user cannot search get a POSIX ACL entry granting it search permission only.
 
 New clusters are copied from a template cluster that `initdb` builds once per PostgreSQL version, OS user,
-superuser name and locale, kept in the user's cache directory; a copy takes a fraction of an `initdb` run.
+superuser name and locale, kept in the user's cache directory. Copying takes a fraction of an `initdb` run.
 """
 
 from __future__ import annotations
@@ -320,8 +324,9 @@ class _ClusterSpec:
 
     @property
     def template_key(self) -> str:
-        bin_tag = re.sub(r"[^A-Za-z0-9]+", "_", str(self.postgres.parent)).strip("_")
-        return f"v{TEMPLATE_FORMAT}-pg{self.major}-{bin_tag}-{self.account.name}-{self.superuser}-{self.locale}"
+        key = f"v{TEMPLATE_FORMAT}-pg{self.major}-{self.postgres.parent}-{self.account.name}-{self.superuser}-{self.locale}"
+        # A folder name: no separators, so a superuser name such as "../x" stays inside the cache.
+        return re.sub(r"[^A-Za-z0-9.-]+", "_", key).strip("_.")
 
 
 async def _run(command: list[str], account: ServerAccount, locale: str, what: str) -> None:
@@ -337,7 +342,7 @@ async def _run(command: list[str], account: ServerAccount, locale: str, what: st
 
 async def _initdb(spec: _ClusterSpec, data_dir: Path) -> None:
     # No password here: `start()` sets it over the Unix socket as a SCRAM verifier, so neither a
-    # command line nor a file ever carries it, and a template never holds a previous password.
+    # command line nor a file ever carries it, and a template never contains a previous password.
     command = [
         str(spec.initdb), "--pgdata", str(data_dir), "--username", spec.superuser,
         "--encoding", "UTF8", "--locale", spec.locale,
@@ -370,11 +375,15 @@ async def _create_cluster(spec: _ClusterSpec, data_dir: Path, template_cache: Pa
     data_dir.chmod(0o700)
     await asyncio.to_thread(_chown_tree, data_dir, spec.account)
 
-    if template is not None and (template / "PG_VERSION").is_file():
-        await _copy_tree(template, data_dir, spec)
-        return "template"
-
-    await _initdb(spec, data_dir)
+    try:
+        if template is not None and (template / "PG_VERSION").is_file():
+            await _copy_tree(template, data_dir, spec)
+            return "template"
+        await _initdb(spec, data_dir)
+    except BaseException:
+        # Half a cluster would pass for a usable one at the next start (PG_VERSION comes early).
+        shutil.rmtree(data_dir, ignore_errors=True)
+        raise
 
     if template is not None:
         await _store_template(data_dir, template, spec)
@@ -382,7 +391,7 @@ async def _create_cluster(spec: _ClusterSpec, data_dir: Path, template_cache: Pa
 
 
 async def _store_template(data_dir: Path, template: Path, spec: _ClusterSpec) -> None:
-    # Copy under a temporary name, then rename: a concurrent start never sees half a template.
+    # Copy under a temporary name, then rename, so a concurrent start never copies half a template.
     try:
         template.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{template.name}-", dir=template.parent))
@@ -398,17 +407,22 @@ async def _store_template(data_dir: Path, template: Path, spec: _ClusterSpec) ->
 
 
 def _live_postmaster_pid(data_dir: Path) -> int | None:
-    """Return the pid in `data_dir`/postmaster.pid when that process still runs."""
+    """Return the pid in `data_dir`/postmaster.pid when a `postgres` process with that pid runs."""
+    import psutil
+
     try:
         first_line = (data_dir / "postmaster.pid").read_text().splitlines()[0]
         pid = int(first_line.strip())
     except (OSError, IndexError, ValueError):
         return None
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        # A stale file after a reboot may name a pid that now belongs to another program.
+        if process.status() == psutil.STATUS_ZOMBIE or process.name() not in ("postgres", "postmaster"):
+            return None
+    except psutil.NoSuchProcess:
         return None
-    except PermissionError:
+    except psutil.AccessDenied:
         pass
     return pid
 
@@ -449,7 +463,7 @@ async def _prepare_data_dir(
     if data_dir.exists():
         if any(data_dir.iterdir()):
             raise StartupError(
-                f"The data directory {data_dir} of `{name}` is not empty and holds no PostgreSQL cluster. "
+                f"The data directory {data_dir} of `{name}` is not empty and contains no PostgreSQL cluster. "
                 "Empty it or choose another data directory.",
                 resource=name,
             )
@@ -516,10 +530,10 @@ class PostgresRuntime(Runtime):
     `template_cache` is the folder for template clusters (`default_template_cache()` when omitted);
     pass `use_template=False` to run `initdb` for every new cluster.
 
-    A non-persistent cluster is put in RAM, in a new folder under `memory_root` (by default /dev/shm
-    when it has 1 GiB free), instead of `launch.options["data_dir"]`: its data is removed at stop
-    anyway, and writing a new cluster to RAM takes a fraction of the time a disk needs. Pass
-    `memory_root=False` to keep every cluster in its `data_dir`.
+    A non-persistent cluster goes to RAM, in a new folder under `memory_root` instead of
+    `launch.options["data_dir"]`. The default is /dev/shm when it has 1 GiB free. Its data is removed
+    at stop anyway, and writing a new cluster to RAM takes a fraction of the time a disk needs.
+    Pass `memory_root=False` to keep every cluster in its `data_dir`.
     """
 
     def __init__(

@@ -40,9 +40,9 @@ def runtime(template_cache: Path) -> PostgresRuntime:
 def workdir() -> Iterator[Path]:
     """A private (0700) directory for data directories, outside pytest's basetemp.
 
-    NOTE: pytest resets its basetemp root to mode 0700 at each session start, which also clears the
-    ACL mask that lets the server's OS user through; concurrent sessions as root would break servers
-    whose data directories live there.
+    NOTE: pytest resets its basetemp root to mode 0700 at each session start, and that also clears the
+    ACL mask that lets the server's OS user through. A concurrent session as root would then break
+    servers whose data directories live there.
     """
     path = Path(tempfile.mkdtemp(prefix="hnb-pg-test-"))
     yield path

@@ -60,7 +60,7 @@ def test_listens_on_loopback_only_with_scram(make_launch, start, connect):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-def test_root_caller_runs_server_as_unprivileged_owner_of_data_dir(make_launch, start):
+def test_root_caller_gets_unprivileged_server(make_launch, start):
     server = start(make_launch())
 
     server_uid = psutil.Process(server.pid).uids().real
@@ -96,7 +96,7 @@ def test_server_log_lines_reach_on_output(make_launch, start):
     assert any("database system is ready to accept connections" in line for line in output)
 
 
-def test_non_persistent_data_and_socket_dirs_are_removed_at_stop(make_launch, start):
+def test_stop_removes_non_persistent_dirs(make_launch, start):
     server = start(make_launch(persistent=False))
     assert server.data_dir.is_dir()
 
@@ -106,7 +106,7 @@ def test_non_persistent_data_and_socket_dirs_are_removed_at_stop(make_launch, st
     assert not server.socket_dir.exists()
 
 
-def test_non_persistent_cluster_lives_in_memory_root_until_stop(make_launch, template_cache, workdir):
+def test_non_persistent_cluster_in_memory_root(make_launch, template_cache, workdir):
     memory_root = workdir / "ram"
     memory_root.mkdir()
     runtime = PostgresRuntime(template_cache=template_cache, memory_root=memory_root)
@@ -186,7 +186,7 @@ def test_port_taken_by_another_process_is_reported(make_launch, runtime):
     assert not Path(launch.options["data_dir"]).exists()
 
 
-def test_data_dir_of_a_running_server_is_not_reused(make_launch, start, runtime):
+def test_data_dir_in_use_is_rejected(make_launch, start, runtime):
     server = start(make_launch(persistent=True))
 
     with pytest.raises(StartupError, match=f"in use by the PostgreSQL server with pid {server.pid}"):
@@ -220,7 +220,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_orphan_is_stopped_after_the_starting_process_is_killed(workdir, template_cache):
+def test_orphan_stopped_after_sigkill(workdir, template_cache):
     run_dir = workdir / "orphan"
     run_dir.mkdir()
     memory_root = workdir / "ram"
@@ -250,7 +250,7 @@ def test_orphan_is_stopped_after_the_starting_process_is_killed(workdir, templat
             os.killpg(record["pid"], signal.SIGKILL)
 
 
-def test_orphan_record_with_another_start_time_is_left_alone():
+def test_orphan_with_reused_pid_left_alone():
     bystander = subprocess.Popen(["sleep", "60"])
     try:
         record = {"pid": bystander.pid, "create_time": psutil.Process(bystander.pid).create_time() - 100,

@@ -38,7 +38,7 @@ def test_split_statements_respects_quotes_and_comments(sql, expected):
     assert split_statements(sql) == expected
 
 
-def test_split_statements_on_custom_end_delimiter_alone_on_its_line():
+def test_split_statements_custom_end_delimiter():
     sql = "CREATE FUNCTION f() RETURNS int AS 'SELECT 1; ' LANGUAGE sql\n/\nSELECT 2 / 1\n/\n"
 
     assert split_statements(sql, end_delimiter="/") == [
