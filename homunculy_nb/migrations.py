@@ -71,6 +71,8 @@ _ROLLBACK = re.compile(r"^--\s*rollback\b", re.IGNORECASE)
 _PRECONDITION = re.compile(r"^--\s*precondition", re.IGNORECASE)
 _VALID_CHECKSUM = re.compile(r"^--\s*validCheckSum:?\s*(?P<value>.*)$", re.IGNORECASE)
 _IGNORE_LINES = re.compile(r"^--\s*ignoreLines:\s*(?P<value>\S+)", re.IGNORECASE)
+_ROLLBACK_BLOCK = re.compile(r"^/\*\s*liquibase\s+rollback\b", re.IGNORECASE)
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
 _ATTRIBUTE = re.compile(r'(?P<key>[A-Za-z]+):(?P<value>"[^"]*"|\'[^\']*\'|\S*)')
 
 
@@ -177,7 +179,7 @@ def _scan(sql: str) -> Iterable[tuple[int, int, str]]:
         elif char == '"':
             end = _quoted_end(sql, i, '"', backslash=False)
             kind = "string"
-        elif char == "$" and (match := re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$", sql[i:])) and not _in_identifier(sql, i):
+        elif char == "$" and (match := _DOLLAR_TAG.match(sql, i)) and not _in_identifier(sql, i):
             tag = match.group(0)
             close = sql.find(tag, i + len(tag))
             end = n if close == -1 else close + len(tag)
@@ -379,6 +381,7 @@ def _parse_formatted_sql(lines: list[str], path: Path, filename: str) -> list[Ch
     current: dict[str, Any] | None = None
     body: list[str] = []
     ignoring = False
+    in_rollback_block = False
 
     def finish() -> None:
         if current is not None:
@@ -392,6 +395,11 @@ def _parse_formatted_sql(lines: list[str], path: Path, filename: str) -> list[Ch
             ignoring = ignore.group("value").lower() == "start"
             continue
         if ignoring:
+            continue
+
+        # A `/* liquibase rollback ... */` block holds rollback SQL, which is never run here.
+        if in_rollback_block or _ROLLBACK_BLOCK.match(stripped):
+            in_rollback_block = "*/" not in stripped
             continue
 
         changeset = _CHANGESET.match(stripped)
@@ -802,10 +810,12 @@ def _acquire_lock(connection: Any, timeout: float) -> None:
         if connection.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]:
             return
         if time.monotonic() > deadline:
+            # pg_locks shows a bigint advisory key as its high and low 32 bits, objsubid 1.
             holder = connection.execute(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND ((classid::bigint << 32) | objid::bigint) = %s",
-                (LOCK_KEY & 0xFFFFFFFFFFFFFFFF,),
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+                "AND classid::bigint = %s AND objid::bigint = %s AND database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())",
+                ((LOCK_KEY >> 32) & 0xFFFFFFFF, LOCK_KEY & 0xFFFFFFFF),
             ).fetchone()
             who = f"the session with backend pid {holder[0]}" if holder else "another session"
             raise MigrationError(
@@ -899,8 +909,8 @@ def _apply_one(
 
 def _execute_and_record(connection: Any, change_set: ChangeSet, exec_type: str, deployment_id: str) -> int:
     for statement in change_set.statements():
-        # Executed without parameters, so a statement may hold `%` and several commands.
-        connection.execute(statement.encode(), prepare=False)
+        # Executed without parameters, so a statement may contain `%` and several commands.
+        connection.execute(statement, prepare=False)
 
     order = connection.execute(f"SELECT COALESCE(MAX(orderexecuted), 0) + 1 FROM {CHANGELOG_TABLE}").fetchone()[0]
     values = {

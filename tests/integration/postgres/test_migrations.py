@@ -263,3 +263,31 @@ def test_concurrent_runners_apply_each_change_set_once(master, database_uri):
     assert len(executed) == 4
     assert len(set(executed)) == 4
     assert query(database_uri, "SELECT count(*) FROM steps") == [(2,)]
+
+
+def test_lock_timeout_names_the_holding_session(tmp_path, database_uri):
+    from homunculy_nb.migrations import LOCK_KEY
+
+    changelog = write(tmp_path / "x.sql", "--liquibase formatted sql\n--changeset a:1\nSELECT 1;\n")
+    with psycopg.connect(database_uri, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        holder_pid = holder.info.backend_pid
+
+        with pytest.raises(MigrationError, match=f"held by the session with backend pid {holder_pid}"):
+            apply_changelog(changelog, database_uri, lock_timeout=0.5)
+
+
+def test_percent_signs_and_rollback_blocks(tmp_path, database_uri):
+    changelog = write(tmp_path / "percent.sql", """
+        --liquibase formatted sql
+        --changeset fay:1
+        CREATE TABLE rates (label text);
+        INSERT INTO rates VALUES ('100%'), ('%s');
+        /* liquibase rollback
+        DROP TABLE rates;
+        */
+    """)
+
+    apply_changelog(changelog, database_uri)
+
+    assert query(database_uri, "SELECT label FROM rates") == [("100%",), ("%s",)]
