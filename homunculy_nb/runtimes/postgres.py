@@ -615,12 +615,16 @@ class PostgresRuntime(Runtime):
     def stop_orphan(cls, record: dict[str, Any]) -> bool:
         """Stop a server left behind by a crashed process and remove its non-persistent data.
 
-        The pid counts only when the process still has the recorded start time, so a reused pid is
-        never signalled.
+        The recorded pid counts only when that process still has the recorded start time, so a reused
+        pid is never signalled. Without a matching pid, a record's `data_dir` alone finds the server
+        through postmaster.pid, when a `postgres` process with that pid runs on that directory.
         """
         stopped = False
         pid = record.get("pid")
-        if isinstance(pid, int) and _same_process(pid, record.get("create_time")):
+        if not (isinstance(pid, int) and _same_process(pid, record.get("create_time"))):
+            pid = _postmaster_serving(Path(record["data_dir"])) if record.get("data_dir") else None
+
+        if pid is not None:
             logger.info("Stopping the orphaned PostgreSQL server with pid %s", pid)
             _stop_foreign_postmaster(pid, timeout=float(record.get("stop_timeout", 10.0)))
             stopped = True
@@ -909,6 +913,19 @@ def _same_process(pid: int, create_time: Any) -> bool:
         return isinstance(create_time, (int, float)) and abs(process.create_time() - create_time) < 0.5
     except psutil.Error:
         return False
+
+
+def _postmaster_serving(data_dir: Path) -> int | None:
+    import psutil
+
+    pid = _live_postmaster_pid(data_dir)
+    if pid is None:
+        return None
+    try:
+        command = psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return None
+    return pid if str(data_dir) in command else None
 
 
 def _stop_foreign_postmaster(pid: int, timeout: float) -> None:

@@ -220,7 +220,8 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_orphan_stopped_after_sigkill(workdir, template_cache):
+@pytest.mark.parametrize("recorded", ["full record", "data_dir only"])
+def test_orphan_stopped_after_sigkill(workdir, template_cache, recorded):
     run_dir = workdir / "orphan"
     run_dir.mkdir()
     memory_root = workdir / "ram"
@@ -237,10 +238,14 @@ def test_orphan_stopped_after_sigkill(workdir, template_cache):
         starter.wait(timeout=30)
         starter.stdout.close()
 
+    if recorded == "data_dir only":
+        orphan_record = {"data_dir": record["data_dir"], "socket_dir": record["socket_dir"], "persistent": False}
+    else:
+        orphan_record = record
     try:
         assert psutil.pid_exists(record["pid"])  # the server outlived the process that started it
 
-        assert PostgresRuntime.stop_orphan(record) is True
+        assert PostgresRuntime.stop_orphan(orphan_record) is True
 
         assert not _alive(record["pid"])
         assert not Path(record["data_dir"]).exists()
