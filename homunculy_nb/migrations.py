@@ -5,15 +5,18 @@ A changelog is one of:
 - a Liquibase master XML changelog with `<include file=...>`, `<includeAll path=...>` and
   `<changeSet>` elements holding `<sql>` or `<sqlFile>`;
 - a formatted SQL file: `--liquibase formatted sql`, then `--changeset author:id [attribute:value ...]`
-  blocks with optional `--comment:`, `--rollback`, `--validCheckSum:` and `--precondition-*` lines;
+  blocks with optional `--comment:`, `--rollback`, `--validCheckSum:`, `--preconditions` and
+  `--precondition-*` lines;
 - a folder of `.sql` files, applied in alphabetical order of their paths, a plain file as one change set.
 
 Each change set runs once, in a transaction together with its row in `databasechangelog` (Liquibase's
 columns). A session-level advisory lock keeps two runners from applying the same changelog at once.
 
+Preconditions of kinds `sql-check` and `table-exists` are evaluated, with onFail/onError HALT,
+CONTINUE, MARK_RAN or WARN. Other kinds are logged and skipped.
+
 NOTE: checksums are MD5 digests of the normalized SQL, not Liquibase's own checksum format, so a
-database migrated here and later by Liquibase needs `liquibase clear-checksums` first. Preconditions
-are read and ignored.
+database migrated here and later by Liquibase needs `liquibase clear-checksums` first.
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ _HEADER = re.compile(r"^--\s*liquibase\s+formatted\s+sql\b(?P<rest>.*)$", re.IGN
 _CHANGESET = re.compile(r"^--\s*changeset\s+(?P<rest>.*)$", re.IGNORECASE)
 _COMMENT = re.compile(r"^--\s*comment:?\s*(?P<text>.*)$", re.IGNORECASE)
 _ROLLBACK = re.compile(r"^--\s*rollback\b", re.IGNORECASE)
-_PRECONDITION = re.compile(r"^--\s*precondition", re.IGNORECASE)
+_PRECONDITION = re.compile(r"^--\s*precondition-(?P<kind>[\w-]+)\s*(?P<rest>.*)$", re.IGNORECASE)
+_PRECONDITIONS = re.compile(r"^--\s*preconditions\b(?P<rest>.*)$", re.IGNORECASE)
 _VALID_CHECKSUM = re.compile(r"^--\s*validCheckSum:?\s*(?P<value>.*)$", re.IGNORECASE)
 _IGNORE_LINES = re.compile(r"^--\s*ignoreLines:\s*(?P<value>\S+)", re.IGNORECASE)
 _ROLLBACK_BLOCK = re.compile(r"^/\*\s*liquibase\s+rollback\b", re.IGNORECASE)
@@ -78,6 +82,27 @@ _ATTRIBUTE = re.compile(r'(?P<key>[A-Za-z]+):(?P<value>"[^"]*"|\'[^\']*\'|\S*)')
 
 # ---------------------------------------------------------------------------------------------------
 # Model
+
+
+@dataclass(frozen=True)
+class Precondition:
+    """A check that runs before a pending change set: `sql-check` (`expected` compared with the first
+    column of the first row) or `table-exists` (`table`, optional `schema`)."""
+
+    kind: str
+    sql: str = ""
+    expected: str = ""
+    table: str = ""
+    schema: str = ""
+
+    def describe(self) -> str:
+        if self.kind == "sql-check":
+            return f"sql-check expectedResult:{self.expected} {self.sql}"
+        return f"table-exists {self.schema + '.' if self.schema else ''}{self.table}"
+
+
+# What a failed precondition does: stop the run, skip until the next run, record as run, or run anyway.
+PRECONDITION_ACTIONS = ("HALT", "CONTINUE", "MARK_RAN", "WARN")
 
 
 @dataclass(frozen=True)
@@ -104,6 +129,9 @@ class ChangeSet:
     ignore: bool = False
     valid_checksums: tuple[str, ...] = ()
     description: str = "sql"
+    preconditions: tuple[Precondition, ...] = ()
+    on_fail: str = "HALT"
+    on_error: str = "HALT"
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -135,7 +163,9 @@ class AppliedChangeSet:
     """The outcome of one change set in `apply_changelog`.
 
     `exec_type` is "EXECUTED" (first run), "RERAN" (runOnChange or runAlways), "SKIPPED" (already
-    applied, or filtered out by context, labels, dbms or ignore) or "FAILED" (failOnError:false).
+    applied, filtered out by context, labels, dbms or ignore, or a failed precondition with
+    onFail:CONTINUE), "MARK_RAN" (a failed precondition with onFail:MARK_RAN) or "FAILED"
+    (failOnError:false).
     """
 
     id: str
@@ -409,7 +439,21 @@ def _parse_formatted_sql(lines: list[str], path: Path, filename: str) -> list[Ch
             body = []
             continue
 
-        if _HEADER.match(stripped) or _ROLLBACK.match(stripped) or _PRECONDITION.match(stripped):
+        if _HEADER.match(stripped) or _ROLLBACK.match(stripped):
+            continue
+
+        policy = _PRECONDITIONS.match(stripped)
+        if policy:
+            if current is not None:
+                current.update(_precondition_policy(_parse_attributes(policy.group("rest")), path, number))
+            continue
+
+        precondition = _PRECONDITION.match(stripped)
+        if precondition:
+            if current is not None:
+                parsed = _parse_precondition(precondition.group("kind"), precondition.group("rest"), path, number)
+                if parsed is not None:
+                    current["preconditions"] += (parsed,)
             continue
 
         comment = _COMMENT.match(stripped)
@@ -484,6 +528,7 @@ def _parse_changeset_line(rest: str, path: Path, line: int, filename: str) -> di
         "line": line,
         "comments": "",
         "valid_checksums": (),
+        "preconditions": (),
     }
     for key, value in attributes.items():
         if key in _BOOLEAN_ATTRIBUTES:
@@ -493,6 +538,40 @@ def _parse_changeset_line(rest: str, path: Path, line: int, filename: str) -> di
         elif key not in _IGNORED_ATTRIBUTES:
             logger.warning("%s:%s: ignoring the unknown change set attribute `%s`", path, line, key)
     return fields
+
+
+def _precondition_policy(attributes: dict[str, str], path: Path, line: int) -> dict[str, str]:
+    policy = {}
+    for key, field_name in (("onFail", "on_fail"), ("onError", "on_error")):
+        value = attributes.get(key)
+        if value is None:
+            continue
+        if value.upper() not in PRECONDITION_ACTIONS:
+            raise MigrationError(
+                f"{path}:{line}: `{key}:{value}` is not one of {', '.join(PRECONDITION_ACTIONS)}."
+            )
+        policy[field_name] = value.upper()
+    return policy
+
+
+def _parse_precondition(kind: str, rest: str, path: Path, line: int) -> Precondition | None:
+    kind = kind.lower()
+    if kind == "sql-check":
+        match = re.match(r"^expectedResult:(?P<expected>\"[^\"]*\"|'[^']*'|\S+)\s+(?P<sql>.+)$", rest.strip())
+        if match is None:
+            raise MigrationError(
+                f"{path}:{line}: write a SQL check as `--precondition-sql-check expectedResult:0 SELECT ...`."
+            )
+        expected = match.group("expected").strip("\"'")
+        return Precondition("sql-check", sql=match.group("sql").strip(), expected=expected)
+    if kind == "table-exists":
+        attributes = _parse_attributes(rest)
+        table = attributes.get("table") or attributes.get("tableName")
+        if not table:
+            raise MigrationError(f"{path}:{line}: write `--precondition-table-exists table:NAME [schema:NAME]`.")
+        return Precondition("table-exists", table=table, schema=attributes.get("schema") or attributes.get("schemaName") or "")
+    logger.warning("%s:%s: the precondition `%s` is not evaluated here; the change set runs without it", path, line, kind)
+    return None
 
 
 def _boolean(value: str, key: str, path: Path, line: int) -> bool:
@@ -638,7 +717,10 @@ def _parse_xml_change_set(element: ElementTree.Element, path: Path, filename: st
         elif tag == "comment":
             comments = (child.text or "").strip()
             continue
-        elif tag in ("rollback", "preConditions", "validCheckSum"):
+        elif tag == "preConditions":
+            settings.update(_parse_xml_preconditions(child, path))
+            continue
+        elif tag in ("rollback", "validCheckSum"):
             continue
         else:
             raise MigrationError(
@@ -671,6 +753,23 @@ def _parse_xml_change_set(element: ElementTree.Element, path: Path, filename: st
         valid_checksums=valid,
         **settings,
     )
+
+
+def _parse_xml_preconditions(element: ElementTree.Element, path: Path) -> dict[str, Any]:
+    settings: dict[str, Any] = _precondition_policy(dict(element.attrib), path, 0)
+    checks = []
+    for child in element:
+        if not isinstance(child.tag, str):
+            continue
+        tag = _local(child.tag)
+        if tag == "sqlCheck":
+            checks.append(Precondition("sql-check", sql=(child.text or "").strip(), expected=child.get("expectedResult", "")))
+        elif tag == "tableExists":
+            checks.append(Precondition("table-exists", table=child.get("tableName", ""), schema=child.get("schemaName", "")))
+        else:
+            logger.warning("%s: the precondition <%s> is not evaluated here; the change set runs without it", path, tag)
+    settings["preconditions"] = tuple(checks)
+    return settings
 
 
 def _read_sql_file_element(element: ElementTree.Element, path: Path) -> str:
@@ -885,6 +984,16 @@ def _apply_one(
     if row is not None and not change_set.run_always and not (change_set.run_on_change and changed):
         return outcome("SKIPPED", reason="already applied", order_executed=row.order)
 
+    verdict = _check_preconditions(connection, change_set)
+    if verdict in ("CONTINUE", "MARK_RAN") and row is None:
+        if verdict == "CONTINUE":
+            return outcome("SKIPPED", reason="precondition failed (onFail:CONTINUE)")
+        order = _record(connection, change_set, "MARK_RAN", deployment_id)
+        applied[change_set.key] = _AppliedRow(change_set.checksum, order)
+        return outcome("MARK_RAN", order_executed=order, reason="precondition failed (onFail:MARK_RAN)")
+    if verdict in ("CONTINUE", "MARK_RAN"):
+        return outcome("SKIPPED", reason=f"precondition failed (onFail:{verdict})", order_executed=row.order)
+
     exec_type = "EXECUTED" if row is None else "RERAN"
     started = time.monotonic()
     try:
@@ -907,11 +1016,57 @@ def _apply_one(
     return outcome(exec_type, order_executed=order, duration_s=time.monotonic() - started)
 
 
+def _check_preconditions(connection: Any, change_set: ChangeSet) -> str:
+    """Evaluate the change set's preconditions and return "PASS" or the action their failure calls for.
+
+    Raises `MigrationError` when that action is HALT.
+    """
+    import psycopg
+
+    for precondition in change_set.preconditions:
+        try:
+            passed = _precondition_holds(connection, precondition)
+            action, what = change_set.on_fail, "failed"
+        except psycopg.Error as exc:
+            passed = False
+            action, what = change_set.on_error, f"raised an error ({str(exc).strip()})"
+        if passed:
+            continue
+
+        message = (
+            f"The precondition `{precondition.describe()}` of the change set `{change_set.id}` by "
+            f"`{change_set.author}` in {change_set.filename} {what}"
+        )
+        if action == "HALT":
+            raise MigrationError(f"{message}. Fix the database or set onFail/onError on `--preconditions`.")
+        if action == "WARN":
+            logger.warning("%s; running the change set anyway (WARN)", message)
+            continue
+        logger.info("%s; %s", message, action)
+        return action
+    return "PASS"
+
+
+def _precondition_holds(connection: Any, precondition: Precondition) -> bool:
+    if precondition.kind == "table-exists":
+        name = f"{precondition.schema}.{precondition.table}" if precondition.schema else precondition.table
+        return connection.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
+
+    # Checked in a transaction that is rolled back, so the check cannot change the database.
+    with connection.transaction(force_rollback=True):
+        row = connection.execute(precondition.sql, prepare=False).fetchone()
+    value = "" if row is None or row[0] is None else str(row[0])
+    return value.strip().lower() == precondition.expected.strip().lower()
+
+
 def _execute_and_record(connection: Any, change_set: ChangeSet, exec_type: str, deployment_id: str) -> int:
     for statement in change_set.statements():
         # Executed without parameters, so a statement may contain `%` and several commands.
         connection.execute(statement, prepare=False)
+    return _record(connection, change_set, exec_type, deployment_id)
 
+
+def _record(connection: Any, change_set: ChangeSet, exec_type: str, deployment_id: str) -> int:
     order = connection.execute(f"SELECT COALESCE(MAX(orderexecuted), 0) + 1 FROM {CHANGELOG_TABLE}").fetchone()[0]
     values = {
         "id": change_set.id,

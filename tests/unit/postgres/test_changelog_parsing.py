@@ -185,3 +185,33 @@ def test_context_expressions(expression, names, expected):
 )
 def test_redact_hides_the_password(conninfo):
     assert redact("failed for s cret and s%20cret", conninfo) == "failed for *** and ***"
+
+
+def test_xml_change_set_preconditions_are_parsed(tmp_path):
+    write(tmp_path / "master.xml", """
+        <databaseChangeLog xmlns="http://www.liquibase.org/xml/ns/dbchangelog">
+            <changeSet id="1" author="a">
+                <preConditions onFail="MARK_RAN" onError="WARN">
+                    <sqlCheck expectedResult="0">SELECT count(*) FROM t</sqlCheck>
+                    <tableExists tableName="t" schemaName="public"/>
+                </preConditions>
+                <sql splitStatements="false">SELECT 1; SELECT 2;</sql>
+            </changeSet>
+        </databaseChangeLog>
+    """)
+
+    (change_set,) = parse_changelog(tmp_path / "master.xml")
+
+    assert (change_set.on_fail, change_set.on_error) == ("MARK_RAN", "WARN")
+    assert [p.describe() for p in change_set.preconditions] == [
+        "sql-check expectedResult:0 SELECT count(*) FROM t",
+        "table-exists public.t",
+    ]
+    assert change_set.statements() == ["SELECT 1; SELECT 2;"]
+
+
+def test_unknown_precondition_action_is_rejected(tmp_path):
+    changelog = write(tmp_path / "bad.sql", "--liquibase formatted sql\n--changeset a:1\n--preconditions onFail:IGNORE\nSELECT 1;\n")
+
+    with pytest.raises(MigrationError, match="`onFail:IGNORE` is not one of HALT, CONTINUE, MARK_RAN, WARN"):
+        parse_changelog(changelog)
