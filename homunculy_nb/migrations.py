@@ -37,6 +37,16 @@ from typing import Any
 from homunculy_nb import __version__
 from homunculy_nb.errors import MigrationError
 
+__all__ = [
+    "AppliedChangeSet",
+    "ChangeSet",
+    "Precondition",
+    "apply_changelog",
+    "main",
+    "parse_changelog",
+    "split_statements",
+]
+
 logger = logging.getLogger(__name__)
 
 CHANGELOG_TABLE = "databasechangelog"
@@ -101,7 +111,8 @@ class Precondition:
         return f"table-exists {self.schema + '.' if self.schema else ''}{self.table}"
 
 
-# What a failed precondition does: stop the run, skip until the next run, record as run, or run anyway.
+# Actions on a failed precondition: HALT stops the run, CONTINUE skips the change set until the next
+# run, MARK_RAN records it as run without running it, WARN runs it anyway.
 PRECONDITION_ACTIONS = ("HALT", "CONTINUE", "MARK_RAN", "WARN")
 
 
@@ -317,6 +328,7 @@ class _ParseContext:
     root: Path
     seen: set[tuple[str, str, str]] = field(default_factory=set)
     visiting: list[Path] = field(default_factory=list)
+    parsed: set[Path] = field(default_factory=set)
 
 
 def parse_changelog(path: str | os.PathLike[str]) -> list[ChangeSet]:
@@ -332,7 +344,7 @@ def parse_changelog(path: str | os.PathLike[str]) -> list[ChangeSet]:
     root = changelog if changelog.is_dir() else changelog.parent
     context = _ParseContext(root=root)
     if changelog.is_dir():
-        change_sets = _parse_folder(changelog, context)
+        change_sets = _parse_folder(changelog, context, suffixes=(".sql",))
     else:
         change_sets = _parse_file(changelog, context)
 
@@ -355,7 +367,13 @@ def _parse_file(path: Path, context: _ParseContext) -> list[ChangeSet]:
         chain = " -> ".join(str(item) for item in [*context.visiting, path])
         raise MigrationError(f"The changelog includes itself: {chain}. Remove the circular include.")
 
+    if path in context.parsed:
+        # Included twice (say by <include> and by <includeAll>): its change sets run once, in the first place.
+        logger.debug("Skipping %s, which the changelog already included", path)
+        return []
+
     context.visiting.append(path)
+    context.parsed.add(path)
     try:
         suffix = path.suffix.lower()
         if suffix == ".xml":
@@ -370,13 +388,23 @@ def _parse_file(path: Path, context: _ParseContext) -> list[ChangeSet]:
         context.visiting.pop()
 
 
-def _parse_folder(folder: Path, context: _ParseContext, allow_empty: bool = False) -> list[ChangeSet]:
+def _parse_folder(
+    folder: Path, context: _ParseContext, suffixes: tuple[str, ...] = (".sql", ".xml"), allow_empty: bool = False,
+) -> list[ChangeSet]:
+    """Parse the files under `folder` with the given suffixes, in alphabetical order of their paths.
+
+    The changelog that includes the folder is left out, as Liquibase's includeAll does.
+    """
     files = sorted(
-        (candidate for candidate in folder.rglob("*") if candidate.is_file() and candidate.suffix.lower() in (".sql", ".xml")),
+        (
+            candidate
+            for candidate in folder.rglob("*")
+            if candidate.is_file() and candidate.suffix.lower() in suffixes and candidate not in context.visiting
+        ),
         key=lambda candidate: candidate.relative_to(folder).as_posix(),
     )
     if not files and not allow_empty:
-        raise MigrationError(f"The changelog folder {folder} contains no .sql or .xml files.")
+        raise MigrationError(f"The changelog folder {folder} contains no {' or '.join(suffixes)} files.")
 
     change_sets: list[ChangeSet] = []
     for file in files:

@@ -49,6 +49,8 @@ from homunculy_nb.errors import (
 )
 from homunculy_nb.runtimes.base import Launch, OutputCallback, Running, Runtime
 
+__all__ = ["INSTALL_HINT", "PostgresRuntime", "PostgresServer", "find_postgres_bin"]
+
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "Install the PostgreSQL server with `apt-get install postgresql` (Debian, Ubuntu)."

@@ -215,3 +215,25 @@ def test_unknown_precondition_action_is_rejected(tmp_path):
 
     with pytest.raises(MigrationError, match="`onFail:IGNORE` is not one of HALT, CONTINUE, MARK_RAN, WARN"):
         parse_changelog(changelog)
+
+
+def test_include_all_of_own_folder_skips_the_master_and_repeats(tmp_path):
+    write(tmp_path / "changelog.xml", """
+        <databaseChangeLog xmlns="http://www.liquibase.org/xml/ns/dbchangelog">
+            <include file="b.sql" relativeToChangelogFile="true"/>
+            <includeAll path="." relativeToChangelogFile="true"/>
+        </databaseChangeLog>
+    """)
+    write(tmp_path / "a.sql", "CREATE TABLE a (id int);\n")
+    write(tmp_path / "b.sql", "CREATE TABLE b (id int);\n")
+
+    change_sets = parse_changelog(tmp_path / "changelog.xml")
+
+    assert [c.filename for c in change_sets] == ["b.sql", "a.sql"]
+
+
+def test_folder_changelog_reads_only_sql_files(tmp_path):
+    write(tmp_path / "001.sql", "CREATE TABLE a (id int);\n")
+    write(tmp_path / "notes.xml", "<not-a-changelog/>\n")
+
+    assert [c.filename for c in parse_changelog(tmp_path)] == ["001.sql"]
