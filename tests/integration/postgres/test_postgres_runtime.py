@@ -273,3 +273,23 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_password_stays_out_of_command_lines_and_logs(make_launch, start, connect):
+    output: list[str] = []
+    server = start(make_launch(output=output))
+    with connect(server) as connection:
+        connection.execute("SELECT 1")
+
+    server_process = psutil.Process(server.pid)
+    command_lines = []
+    for process in [server_process, *server_process.children(recursive=True)]:
+        try:
+            command_lines.append(" ".join(process.cmdline()))
+        except psutil.NoSuchProcess:
+            continue  # a backend that ended meanwhile
+    assert command_lines
+    assert all(PASSWORD not in line for line in command_lines)
+    assert all(PASSWORD not in line for line in output)
+    assert PASSWORD not in repr(server)
+    assert PASSWORD not in json.dumps(server.state_record())
