@@ -22,6 +22,7 @@ database migrated here and later by Liquibase needs `liquibase clear-checksums` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
 import os
@@ -913,22 +914,40 @@ def apply_changelog(
     except psycopg.Error as exc:
         raise MigrationError(f"Could not connect to the database: {redact(str(exc), conninfo)}") from exc
 
-    with connection:
-        _acquire_lock(connection, lock_timeout)
-        try:
-            connection.execute(_CREATE_CHANGELOG_TABLE)
-            applied = _applied_rows(connection)
-            _check_checksums(change_sets, applied)
-            deployment_id = str(int(time.time() * 1000))[-10:]
-            results = []
-            for change_set in change_sets:
-                result = _apply_one(connection, change_set, applied, contexts, labels, deployment_id)
-                results.append(result)
-                if on_result is not None:
-                    on_result(result)
-            return results
-        finally:
-            connection.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+    try:
+        with connection:
+            _acquire_lock(connection, lock_timeout)
+            try:
+                return _apply_all(connection, change_sets, contexts, labels, on_result)
+            finally:
+                # Ending the session releases the lock too; unlocking first keeps a pooled session clean.
+                with contextlib.suppress(psycopg.Error):
+                    connection.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+    except psycopg.Error as exc:
+        raise MigrationError(
+            f"The database failed while applying {changelog}: {redact(str(exc).strip(), conninfo)}"
+        ) from exc
+
+
+def _apply_all(
+    connection: Any,
+    change_sets: list[ChangeSet],
+    contexts: Sequence[str] | None,
+    labels: str | None,
+    on_result: Callable[[AppliedChangeSet], None] | None,
+) -> list[AppliedChangeSet]:
+    connection.execute(_CREATE_CHANGELOG_TABLE)
+    applied = _applied_rows(connection)
+    _check_checksums(change_sets, applied)
+
+    deployment_id = str(int(time.time() * 1000))[-10:]
+    results = []
+    for change_set in change_sets:
+        result = _apply_one(connection, change_set, applied, contexts, labels, deployment_id)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results
 
 
 def _acquire_lock(connection: Any, timeout: float) -> None:
