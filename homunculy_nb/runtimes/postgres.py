@@ -577,6 +577,10 @@ class PostgresRuntime(Runtime):
             prepared = True
             launch.on_output("system", f"Data directory {options.data_dir} ({_ORIGIN_TEXT[origin]})")
             await asyncio.to_thread(_chown_tree, socket_dir, spec.account)
+            if not spec.account.is_caller:
+                # Checked again right before the start: a `chmod` since the first check (pytest resets
+                # its temporary root to 0700 at each session start) clears the ACL mask.
+                await asyncio.to_thread(grant_search, options.data_dir.parent, spec.account)
             process = await _spawn_postgres(spec, options, launch.host, socket_dir)
         except BaseException:
             shutil.rmtree(socket_dir, ignore_errors=True)
