@@ -200,7 +200,7 @@ class Collector(TelemetryQueries):
         batch = decode(signal, body, encoding)
         self.store.append(batch)
         if batch.rejected:
-            logger.warning("Partial success: %s", batch.error_message)
+            _log_rejection("partial success for a %s export: %s", signal, batch.error_message)
         return export_response(signal, batch)
 
     # --- gRPC --------------------------------------------------------------------------------------
@@ -244,12 +244,13 @@ class Collector(TelemetryQueries):
             if self._api_key is not None:
                 metadata = dict(context.invocation_metadata())
                 if not self._authorized(metadata.get(API_KEY_HEADER)):
+                    _log_rejection("gRPC UNAUTHENTICATED for a %s export from %s", signal, context.peer())
                     context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                   f"Missing or wrong `{API_KEY_HEADER}` metadata; pass the collector's API key.")
             try:
                 response = self._ingest(signal, request, "protobuf")
             except InvalidExportError as exc:
-                logger.warning("Rejected an OTLP/gRPC %s export from %s: %s", signal, context.peer(), exc)
+                _log_rejection("gRPC INVALID_ARGUMENT for a %s export from %s: %s", signal, context.peer(), exc)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             return response.SerializeToString()
 
@@ -407,7 +408,6 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
         try:
             response = collector._ingest(signal, body, encoding)
         except InvalidExportError as exc:
-            logger.warning("Rejected an OTLP/HTTP %s export from %s: %s", signal, self.client_address[0], exc)
             self._reply_error(400, encoding, str(exc))
             return
         payload = response_json(response) if encoding == "json" else response.SerializeToString()
@@ -472,6 +472,8 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
     def _reply_error(self, status: int, encoding: str, message: str, close: bool = False,
                      extra_headers: dict[str, str] | None = None) -> None:
         """Reply with a google.rpc.Status body, the error format OTLP/HTTP prescribes."""
+        _log_rejection("HTTP %d for %s %s from %s: %s", status, self.command, self.path, self.client_address[0],
+                       message)
         code = _RPC_CODES.get(status, 2)
         if encoding == "json":
             import json
@@ -482,6 +484,18 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
 
             payload = status_pb2.Status(code=code, message=message).SerializeToString()
         self._reply(status, encoding, payload, close=close, extra_headers=extra_headers)
+
+
+_rejections = 0
+_REJECTIONS_LOGGED_IN_FULL = 20
+
+
+def _log_rejection(message: str, *args: Any) -> None:
+    """Log a rejected request at WARNING; past the first 20, only every 100th, so a broken sender cannot flood."""
+    global _rejections
+    _rejections += 1
+    if _rejections <= _REJECTIONS_LOGGED_IN_FULL or _rejections % 100 == 0:
+        logger.warning("Rejected request #%d: " + message, _rejections, *args)
 
 
 def _gunzip(body: bytes, limit: int) -> bytes:

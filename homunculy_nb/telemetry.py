@@ -329,7 +329,7 @@ class _Dispatcher:
         return unsubscribe
 
     def wants(self, signal: str) -> bool:
-        return any(signal in signals for _, signals in self._subscribers.values())
+        return any(signal in signals for _, signals in list(self._subscribers.values()))
 
     def publish(self, batch: Batch) -> None:
         with self._lock:
@@ -399,7 +399,8 @@ def _trace_id(value: str) -> str:
 
 def _select(frame: pd.DataFrame, mask: Any) -> pd.DataFrame:
     if mask is None:
-        return frame
+        # A shallow copy shares the data (copy-on-write) but keeps a caller's new columns out of the cache.
+        return frame.copy(deep=False)
     return frame[mask].reset_index(drop=True)
 
 

@@ -93,8 +93,17 @@ def test_cached_frame_extends_with_new_batches():
     assert len(first) == 1
     assert second["name"].tolist() == ["a", "b", "c"]
     assert third["name"].tolist() == ["b", "c", "d"]
-    assert store.spans() is third
+    assert store.tables["spans"].frame() is store.tables["spans"].frame()
     pd.testing.assert_frame_equal(third, rebuilt.spans())
+
+
+def test_new_column_stays_out_of_cache():
+    store = store_with(trace_request([(1, 1, 0, "a", 0, 5, False)]))
+
+    spans = store.spans()
+    spans["mine"] = 1
+
+    assert "mine" not in store.spans().columns
 
 
 def test_frame_dtypes():
