@@ -23,7 +23,6 @@ import threading
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -89,13 +88,19 @@ class CollectorLimits:
 class Collector(TelemetryQueries):
     """An OTLP receiver (gRPC and HTTP) that stores spans, logs and metrics for pandas queries.
 
-    Port 0 picks a free port; `endpoints` gives the bound URLs once started. Both servers run on
-    background threads, so `start()` returns at once. Querying works before `start()` and after
-    `stop()`; it returns whatever was stored.
+    Port 0 picks a free port and None turns that receiver off; `endpoints` gives the bound URLs once
+    started. Both servers run on background threads, so `start()` returns at once. Querying works
+    before `start()` and after `stop()` and returns whatever was stored.
     """
 
     def __init__(self, host: str = "127.0.0.1", grpc_port: int | None = 4317, http_port: int | None = 4318,
                  api_key: Any = None, limits: CollectorLimits | dict[str, int] | None = None) -> None:
+        for argument, port in (("grpc_port", grpc_port), ("http_port", http_port)):
+            if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535):
+                raise ConfigurationError(
+                    f"`{argument}={port!r}` is not a port. Pass 0-65535 (0 picks a free port) or None to turn "
+                    f"that receiver off."
+                )
         self.host = host
         self.grpc_port = grpc_port
         self.http_port = http_port
@@ -114,7 +119,10 @@ class Collector(TelemetryQueries):
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        where = "not started" if self._endpoints is None else f"grpc={self._endpoints.get('grpc')} http={self._endpoints.get('http')}"
+        if self._endpoints is None:
+            where = "not started"
+        else:
+            where = f"grpc={self._endpoints.get('grpc', 'off')} http={self._endpoints.get('http', 'off')}"
         counts = " ".join(f"{signal}={len(self.store.tables[signal])}" for signal in SIGNALS)
         return f"<Collector {where} {counts}>"
 

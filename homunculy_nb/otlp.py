@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 from array import array
-import binascii
 import json
 from sys import intern
 from dataclasses import dataclass, field

@@ -1,8 +1,9 @@
 """The telemetry store: bounded columns per signal, pandas frames built on demand, and the query API.
 
-Receivers hand `homunculy_nb.otlp.Batch` objects to `TelemetryStore.append`, which keeps them as chunks
-of plain column lists. A chunk is never changed after it is appended (eviction replaces a chunk by a
-sliced copy), so a frame can be built from a snapshot of chunk references without holding the lock.
+Receivers hand `homunculy_nb.otlp.Batch` objects to `TelemetryStore.append`, which keeps each one as a
+chunk of encoded columns (see `COLUMN_TYPES`). A chunk is never changed after it is appended (eviction
+replaces a chunk by a sliced copy), so a frame can be built from a snapshot of chunk references
+without holding the lock.
 The frame of each signal is cached until new data arrives; the next request converts only the rows
 appended since and concatenates them to the cached frame.
 
@@ -16,10 +17,10 @@ import logging
 import queue
 import threading
 from collections import deque
-from itertools import chain
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
+from itertools import chain
 from typing import Any
 
 import numpy as np
