@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -189,6 +190,29 @@ class Collector(TelemetryQueries):
     def api_key(self) -> str | None:
         """The API key senders must pass in the `x-otlp-api-key` header or metadata, or None."""
         return self._api_key
+
+    def otlp_environment(self, protocol: str = "grpc") -> dict[str, str]:
+        """Return the standard OTEL_EXPORTER_OTLP_* variables that point an SDK at this collector.
+
+        `protocol` is "grpc" or "http/protobuf". The headers variable carries the API key, so the
+        result is for a child's environment only; never log or print it.
+        """
+        transport = {"grpc": "grpc", "http/protobuf": "http", "http": "http"}.get(protocol)
+        if transport is None:
+            raise ConfigurationError(f"OTLP protocol {protocol!r} is not served. Use 'grpc' or 'http/protobuf'.")
+        endpoint = self.endpoints.get(transport)
+        if endpoint is None:
+            raise CollectorError(
+                f"The collector's {transport} receiver is off. Create it with `{transport}_port=0` or a port."
+            )
+
+        environment = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc" if transport == "grpc" else "http/protobuf",
+        }
+        if self._api_key is not None:
+            environment["OTEL_EXPORTER_OTLP_HEADERS"] = f"{API_KEY_HEADER}={quote(self._api_key, safe='')}"
+        return environment
 
     def _url(self, port: int) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

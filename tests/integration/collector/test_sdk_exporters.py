@@ -136,3 +136,28 @@ def test_api_key_accepted_from_sdk(sdk_sender, wait_until):
 
         assert keyed.stats().loc["spans", "accepted"] == 6
         assert "s3cret-key" not in repr(keyed)
+
+
+def test_otlp_environment_points_sdk_here(tmp_path, wait_until):
+    import subprocess
+    import sys
+
+    from homunculy_nb.collector import Collector
+
+    code = ("from opentelemetry.sdk.trace import TracerProvider\n"
+            "from opentelemetry.sdk.trace.export import SimpleSpanProcessor\n"
+            "from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter\n"
+            "provider = TracerProvider()\n"
+            "provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter()))\n"
+            "provider.get_tracer('env').start_span('from environment').end()\n"
+            "provider.shutdown()\n")
+    with Collector(grpc_port=None, http_port=0, api_key="k/ey=1") as keyed:
+        environment = keyed.otlp_environment("http/protobuf")
+        done = subprocess.run([sys.executable, "-c", code], env={"PATH": "/usr/bin:/bin", **environment,
+                                                                  "OTEL_SERVICE_NAME": "from-env"},
+                              capture_output=True, text=True, timeout=120)
+        wait_until(lambda: keyed.stats().loc["spans", "accepted"] == 1)
+
+        assert done.returncode == 0, done.stderr
+        assert environment["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+        assert keyed.spans()["service_name"].tolist() == ["from-env"]
