@@ -154,6 +154,7 @@ def run_ingest(transport: str, collector: Collector, path: str, total: int, send
         ready.acquire()
 
     before = collector.stats().loc["spans", "accepted"]
+    cpu_before = psutil.Process().cpu_times()
     started = time.perf_counter()
     go.set()
     while collector.stats().loc["spans", "accepted"] - before < total:
@@ -169,6 +170,10 @@ def run_ingest(transport: str, collector: Collector, path: str, total: int, send
     if len(frame) != total:
         raise SystemExit(f"spans() returned {len(frame)} rows, expected {total}")
 
+    cpu_after = psutil.Process().cpu_times()
+    cpu_seconds = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+    print(f"  {transport}: collector process CPU {cpu_seconds / total * 1e6:.1f} us per span "
+          f"({cpu_seconds:.1f} s, wall {finished - started:.1f} s)", flush=True)
     for process in processes:
         process.join()
     return finished - started, finished - frame_started

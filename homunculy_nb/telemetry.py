@@ -211,6 +211,25 @@ class _Chunk:
     size: int
 
 
+_MAX_ARROW_CHUNKS = 64
+
+
+def _compact_string_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Merge the Arrow chunks of string columns once repeated appends have split them into many.
+
+    Each incremental `concat` adds one Arrow chunk per string column; a notebook that polls for hours
+    would otherwise slow every later query on those columns.
+    """
+    for name in frame.columns:
+        values = frame[name].array
+        if not isinstance(values, pd.arrays.ArrowStringArray):
+            continue
+        chunked = values.__arrow_array__()
+        if isinstance(chunked, pa.ChunkedArray) and chunked.num_chunks > _MAX_ARROW_CHUNKS:
+            frame[name] = pd.array(chunked.combine_chunks(), dtype=frame[name].dtype)
+    return frame
+
+
 def _slice_chunk(signal: str, chunk: _Chunk, cut: int) -> dict[str, Any]:
     types = COLUMN_TYPES[signal]
     return {name: slice_column(types[name], values, cut, chunk.size) for name, values in chunk.columns.items()}
@@ -284,6 +303,7 @@ class SignalTable:
         if reuse and cache is not None:
             kept = cache[2].iloc[first - cache[0]:]
             frame = pd.concat([kept, new_rows], ignore_index=True) if len(new_rows) else kept.reset_index(drop=True)
+            frame = _compact_string_columns(frame)
         else:
             frame = new_rows
 

@@ -299,3 +299,14 @@ def test_saved_run_round_trips_exactly(tmp_path):
 def test_open_run_rejects_other_directory(tmp_path):
     with pytest.raises(ConfigurationError, match="manifest.json"):
         open_run(tmp_path)
+
+
+def test_many_polls_keep_frame_equal_to_rebuild():
+    store = TelemetryStore()
+    for index in range(1, 81):
+        store.append(flatten_spans(trace_request([(1, index, 0, f"s{index}", index, index + 1, False)])))
+        polled = store.spans()
+    rebuilt = store_with(*[trace_request([(1, i, 0, f"s{i}", i, i + 1, False)]) for i in range(1, 81)]).spans()
+
+    assert polled["name"].array.__arrow_array__().num_chunks <= 64
+    pd.testing.assert_frame_equal(polled, rebuilt)
