@@ -79,7 +79,7 @@ class InvalidExportError(ValueError):
 
 @dataclass
 class Batch:
-    """The decoded items of one export request for one signal, as parallel column lists."""
+    """The decoded items of one export request for one signal, as encoded columns of equal length."""
 
     signal: str
     columns: dict[str, Any]
