@@ -8,7 +8,7 @@ serialized before the clock starts. Four sender processes then post them over gR
 round over HTTP/protobuf, to a collector in this process. The clock runs from the first send until
 `collector.spans()` returns every span, so it includes one full build of the frame. The ceiling
 decodes the same requests with the generated protobuf classes and flattens them into one row per
-span (the collector's own flattening code), in a loop with no server; it runs twice after each
+span (the collector's own flattening code), in a loop with no server. It runs twice after each
 transport and the faster run counts. The ratio shows what the receivers, the store and the frame
 build cost on top. The collector's CPU time per span is printed too, because the wall-clock figures
 move with whatever else runs on the machine.
@@ -185,8 +185,8 @@ def run_ingest(transport: str, collector: Collector, path: str, total: int, send
 def run_ceiling(payloads: list[bytes]) -> float:
     """Decode and flatten every payload in a loop with no server; return the seconds taken.
 
-    The rows are kept until the clock stops, as any store must keep them; discarding each batch would
-    let the allocator reuse the same memory and measure a loop no receiver can match.
+    The rows are kept until the clock stops, as any store must keep them. Discarding each batch would
+    let the allocator reuse the same memory, which no receiver that stores data can do.
     """
     kept = []
     started = time.perf_counter()

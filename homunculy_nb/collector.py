@@ -8,7 +8,7 @@ The gRPC receiver serves `Export` of TraceService, MetricsService and LogsServic
 request bytes and decodes them itself, so an undecodable message gets INVALID_ARGUMENT with the reason
 instead of grpcio's generic deserialization failure. The HTTP receiver is a small HTTP/1.1 server
 (keep-alive, chunked bodies, gzip) serving `POST /v1/traces`, `/v1/metrics` and `/v1/logs` in protobuf
-or OTLP/JSON. Both answer as the OTLP specification says: an empty partial success when everything was
+or OTLP/JSON. Both reply as the OTLP specification requires: an empty partial success when everything was
 stored, a partial success with the rejected count otherwise, and `google.rpc.Status` errors.
 """
 

@@ -3,7 +3,7 @@
 Each `flatten_*` function walks one decoded export request and appends one value per item to plain
 Python lists, one list per column, so the store can extend its columns without building a row object
 per item. Span and log ids stay raw bytes (all zero when absent) and times stay integer nanoseconds
-since the Unix epoch; `homunculy_nb.telemetry` turns whole columns into hex strings and pandas types
+since the Unix epoch. `homunculy_nb.telemetry` turns whole columns into hex strings and pandas types
 when a frame is requested, which is much faster than converting each value on ingest.
 
 A request that cannot be decoded at all raises `InvalidExportError`, which the receivers turn into
@@ -83,7 +83,7 @@ class Batch:
 
     signal: str
     columns: dict[str, Any]
-    """Column name -> encoded values; `homunculy_nb.telemetry.COLUMN_TYPES` says how each is encoded."""
+    """Column name -> encoded values; `homunculy_nb.telemetry.COLUMN_TYPES` describes each encoding."""
     received: int = 0
     rejected: int = 0
     reject_reasons: list[str] = field(default_factory=list)

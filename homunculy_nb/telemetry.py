@@ -4,10 +4,10 @@ Receivers hand `homunculy_nb.otlp.Batch` objects to `TelemetryStore.append`, whi
 chunk of encoded columns (see `COLUMN_TYPES`). A chunk is never changed after it is appended (eviction
 replaces a chunk by a sliced copy), so a frame can be built from a snapshot of chunk references
 without holding the lock.
-The frame of each signal is cached until new data arrives; the next request converts only the rows
-appended since and concatenates them to the cached frame.
+The frame of each signal is cached until new data arrives. The next request then converts only the
+rows appended since and concatenates them to the cached frame.
 
-`TelemetryQueries` holds the query methods (`spans`, `traces`, `trace`, `logs`, `metrics`); the live
+`TelemetryQueries` defines the query methods (`spans`, `traces`, `trace`, `logs`, `metrics`). The live
 store and a saved run (`homunculy_nb.run`) both provide them on top of one frame per signal.
 """
 
@@ -58,7 +58,7 @@ COLUMN_TYPES: dict[str, dict[str, str]] = {
         "aggregation_temporality": "str",
     },
 }
-"""How each column is encoded in a batch, and so how it becomes a pandas column.
+"""The encoding of each column in a batch, which also decides its pandas type.
 
 - "hex": ids of one width concatenated in one bytes object (all zero when absent) -> hex strings.
 - "time": uint64 nanoseconds since the epoch in one bytes object (0 when absent) -> UTC datetime64[ns].
@@ -236,7 +236,7 @@ def _slice_chunk(signal: str, chunk: _Chunk, cut: int) -> dict[str, Any]:
 
 
 class SignalTable:
-    """The stored items of one signal: chunks of column lists covering rows [first, next)."""
+    """The stored items of one signal: chunks of encoded columns covering rows [first, next)."""
 
     def __init__(self, signal: str, limit: int) -> None:
         self.signal = signal
@@ -440,7 +440,7 @@ class TelemetryQueries:
               min_duration_ms: float | None = None, errors_only: bool = False) -> pd.DataFrame:
         """Return stored spans, oldest first, filtered by the given arguments.
 
-        `since` and `until` bound `start_time` (inclusive); both take a datetime, a Timestamp, an ISO
+        `since` and `until` bound `start_time` (inclusive). Both take a datetime, a Timestamp, an ISO
         8601 string (naive values are UTC) or a timedelta counted back from now.
         """
         frame = self._frame("spans")
@@ -465,8 +465,8 @@ class TelemetryQueries:
                min_duration_ms: float | None = None, errors_only: bool = False) -> pd.DataFrame:
         """Return one row per trace, oldest first: its root span, time span, span and error counts, services.
 
-        The root is the earliest span without a parent among the trace's stored spans (or whose parent
-        is not stored); a trace with no such span uses its earliest span. `service` keeps traces that
+        The root is the earliest stored span that has no parent or whose parent is not stored. A trace
+        with no such span uses its earliest span. `service` keeps traces that
         touch any of the given services.
         """
         spans = self._frame("spans")
@@ -582,7 +582,7 @@ class TelemetryQueries:
         """Return stored log records, oldest first.
 
         `severity` is a minimum: a name (TRACE, DEBUG, INFO, WARN, ERROR, FATAL) or an OTLP severity
-        number; records without a severity number are left out when it is given. `contains` matches a
+        number. Records without a severity number are left out when it is given. `contains` matches a
         substring of the body (non-string bodies are matched on their `str()`), case-sensitively.
         """
         frame = self._frame("logs")
