@@ -27,11 +27,14 @@ KILL_GRACE = 5.0
 
 
 def process_start_time(pid: int) -> float | None:
-    """Return the start time of `pid` (seconds since the epoch), or None when it does not exist."""
+    """Return the start time of `pid` (seconds since the epoch), or None when it is gone or a zombie."""
     import psutil
 
     try:
-        return psutil.Process(pid).create_time()
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process.create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return None
 
