@@ -83,7 +83,7 @@ def launch_and_kill(stack_file: Path, tmp_path: Path) -> dict[str, int]:
 
     pid_file = stack_file.parent / "grandchild.pid"
     deadline = time.monotonic() + 30
-    while not pid_file.read_text().strip():
+    while not (pid_file.exists() and pid_file.read_text().strip()):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     pids["grandchild"] = int(pid_file.read_text())
@@ -208,3 +208,27 @@ def test_cli_bad_stack_file_message(tmp_path):
 
     assert result.returncode == 1
     assert "must define `stack = Stack(...)`" in result.stderr
+
+
+def test_atexit_stops_stack_on_normal_exit(tmp_path, state_root):
+    state_dir = state_root / "state"
+    stack_file = write_stack_file(tmp_path, state_dir, with_postgres=False)
+    script = textwrap.dedent(f"""
+        from homunculy_nb.cli import load_stack_file
+        stack = load_stack_file({str(stack_file)!r})
+        stack.up(timeout=60, progress=False)
+        import pathlib, time
+        pid_file = pathlib.Path({str(tmp_path / "grandchild.pid")!r})
+        while not (pid_file.exists() and pid_file.read_text().strip()):
+            time.sleep(0.05)
+        print(int(stack.status().pid.iloc[0]), flush=True)
+    """)
+
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=child_env(),
+                            cwd=tmp_path, timeout=120)
+
+    assert result.returncode == 0, result.stderr
+    pid = int(result.stdout.split()[0])
+    grandchild = int((tmp_path / "grandchild.pid").read_text())
+    assert wait_gone([pid, grandchild], timeout=5) == []
+    assert not (state_dir / "state.json").exists()
