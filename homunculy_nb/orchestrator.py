@@ -96,7 +96,7 @@ class ResourceEvent:
 
 
 class ResourceRun:
-    """What the orchestrator knows about one resource at run time."""
+    """The run-time record of one resource: state, health, process handle, exit code, recent lines."""
 
     def __init__(self, resource: Resource) -> None:
         self.resource = resource

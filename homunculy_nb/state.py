@@ -8,8 +8,9 @@ Layout under `Stack.state_dir`:
     volumes/<volume>/   persistent data directories (`with_data_volume`)
 
 The state file lets a later process (`up()` after a kernel crash, `homunculy-nb down`) stop what a
-crashed launcher left behind: each record names its runtime key and carries the runtime's
-`state_record()` (for a process: pid, process group and start time, so a reused pid is left alone).
+crashed launcher left behind. Each record names its runtime key and carries the runtime's
+`state_record()`. For a process that is the pid, process group and start time, so a reused pid is left
+alone.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from homunculy_nb.runtimes.base import Launch, OutputCallback, Running, Runtime,
 
 logger = logging.getLogger(__name__)
 
-# Longest console line kept whole; longer lines are split.
+# Maximum length in bytes of a console line kept whole; longer lines are split.
 LINE_LIMIT = 1 << 20
 # Seconds to wait for the group to die after SIGKILL before giving up.
 KILL_GRACE = 5.0
