@@ -872,14 +872,20 @@ class Orchestrator:
         if run.state in ACTIVE or (run.task is not None and not run.task.done()):
             raise StateError(f"Cannot start `{name}` while it is {run.state.value}.")
 
+        # A server's databases follow it, so they start again with it.
+        runs = [run] + [other for other in self.runs.values()
+                        if other.resource.kind == "database" and other.resource.parent is run.resource
+                        and other.state not in ACTIVE and not (other.task and not other.task.done())]
+
         self._check_cycles()
         self._allocate_ports(list(self.stack.resources.values()))
-        self._preflight([run])
+        self._preflight(runs)
         self._prepare()
-        run.last_error = None
-        run.state = S.NOT_STARTED
-        run.task = asyncio.ensure_future(self._run_resource(run))
-        await self._wait_ready([run], timeout)
+        for selected in runs:
+            selected.last_error = None
+            selected.state = S.NOT_STARTED
+            selected.task = asyncio.ensure_future(self._run_resource(selected))
+        await self._wait_ready(runs, timeout)
 
     async def stop_async(self, name: str, timeout: float = 10.0) -> None:
         """Stop one resource."""

@@ -137,3 +137,20 @@ def test_postgres_as_root_runs_unprivileged(make_stack):
     pid = int(stack.status().set_index("name").loc["db", "pid"])
     assert psutil.Process(pid).uids().effective != 0
     assert stack.status().set_index("name").loc["app", "state"] == "Healthy"
+
+
+def test_restart_server_keeps_port_and_databases(make_stack):
+    stack = make_stack("restart")
+    server = stack.add_postgres("db").with_data_volume()
+    database = server.add_database("app")
+    stack.up(timeout=120)
+    port = server.port.value
+
+    stack.restart("db")
+
+    status = stack.status().set_index("name")
+    assert server.port.value == port
+    assert status.loc["db", "restarts"] == 1
+    assert status.loc["app", "state"] == "Healthy"
+    with psycopg.connect(database.connection_string.reveal()) as connection:
+        assert connection.execute("SELECT current_database()").fetchone() == ("app",)
