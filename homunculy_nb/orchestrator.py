@@ -571,6 +571,16 @@ class Orchestrator:
         return None
 
     async def _run_resource(self, run: ResourceRun) -> None:
+        try:
+            await self._wait_and_launch(run)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug here must still show up as the resource's state
+            logger.exception("Running `%s` failed", run.name)
+            run.last_error = self.mask(_describe_error(exc))
+            self._set_state(run, S.FAILED_TO_START if run.running is None else S.EXITED, run.last_error)
+
+    async def _wait_and_launch(self, run: ResourceRun) -> None:
         waits = self._waits(run.resource)
         if waits:
             pending = ", ".join(f"`{w.resource.name}` {'healthy' if w.condition == 'healthy' else 'completed'}"
@@ -703,9 +713,14 @@ class Orchestrator:
 
     async def _stop_run(self, run: ResourceRun, timeout: float) -> None:
         task = run.task
-        if run.state in (S.STARTING,) and task is not None:
+        if run.state == S.STARTING and task is not None:
             # Let a start in progress finish so its process is known, then stop it.
-            await self._until(lambda: True if run.state != S.STARTING else None)
+            try:
+                await self._until(lambda: True if run.state != S.STARTING else None, timeout + 60.0)
+            except asyncio.TimeoutError:
+                logger.warning("`%s` is still starting after %.0f s; cancelling its start", run.name, timeout + 60.0)
+                task.cancel()
+                await asyncio.wait([task], timeout=timeout)
 
         if run.running is not None and run.state in ACTIVE:
             run.stopping = True
