@@ -858,7 +858,9 @@ class Orchestrator:
         await self._stop_many(list(self.runs), timeout)
 
         if self._launcher is not None:
+            # Anything the stop missed goes through the state file; later changes no longer rewrite it.
             self._write_state()
+            self._launcher = None
             stop_orphans(self.state_dir)
         await self._remove_stack_leftovers(volumes)
         if volumes:
@@ -868,7 +870,6 @@ class Orchestrator:
                 volume = getattr(resource, "data_volume", None)
                 if volume and self.stack.runtime_for(resource) == "local":
                     shutil.rmtree(self.state_dir.volume(volume), ignore_errors=True)
-        self._launcher = None
 
     async def _remove_stack_leftovers(self, volumes: bool) -> None:
         """Let runtimes with stack-wide objects (the Docker network, named volumes) remove them."""
