@@ -23,6 +23,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -118,6 +119,10 @@ class ResourceRun:
     @property
     def name(self) -> str:
         return self.resource.name
+
+
+# The orchestrator that writes each state directory's state file, by directory.
+_state_owners: weakref.WeakValueDictionary[Path, Orchestrator] = weakref.WeakValueDictionary()
 
 
 def _now() -> datetime:
@@ -296,7 +301,7 @@ class Orchestrator:
     # -- state file
 
     def _write_state(self) -> None:
-        if self._launcher is None:
+        if self._launcher is None or _state_owners.get(self.state_dir.root) is not self:
             return
         resources: dict[str, Any] = {}
         for run in self.runs.values():
@@ -323,11 +328,14 @@ class Orchestrator:
         except OSError as exc:
             logger.warning("Failed to write the state file %s: %s", self.state_dir.state_file, exc)
 
-    def _prepare(self) -> None:
+    async def _prepare(self) -> None:
         """Create the state directory, stop what a crashed launcher left, and register the exit hook."""
         if self._launcher is not None:
             return
 
+        # A newer orchestrator of the same state directory in this process (a re-run notebook cell)
+        # takes the state file over; the older one stops writing it.
+        _state_owners[self.state_dir.root] = self
         self.state_dir.prepare()
         previous = self.state_dir.read()
         other = launcher_alive(previous)
@@ -337,7 +345,7 @@ class Orchestrator:
                     f"Stack `{self.stack.name}` is already running, launched by pid {other}. Stop it there, "
                     f"or run `homunculy-nb down {self.stack.state_dir}`."
                 )
-        stopped = stop_orphans(self.state_dir)
+        stopped = await asyncio.to_thread(stop_orphans, self.state_dir)
         if stopped:
             logger.warning("Stopped resources left behind by an earlier run: %s", ", ".join(stopped))
 
@@ -774,7 +782,7 @@ class Orchestrator:
                     and not (run.task and not run.task.done())]
         self._allocate_ports(list(self.stack.resources.values()))
         self._preflight(selected)
-        self._prepare()
+        await self._prepare()
 
         for run in selected:
             run.last_error = None
@@ -861,7 +869,8 @@ class Orchestrator:
             # Anything the stop missed goes through the state file; later changes no longer rewrite it.
             self._write_state()
             self._launcher = None
-            stop_orphans(self.state_dir)
+            if _state_owners.get(self.state_dir.root) is self:
+                await asyncio.to_thread(stop_orphans, self.state_dir)
         await self._remove_stack_leftovers(volumes)
         if volumes:
             import shutil
@@ -896,7 +905,7 @@ class Orchestrator:
         self._check_cycles()
         self._allocate_ports(list(self.stack.resources.values()))
         self._preflight(runs)
-        self._prepare()
+        await self._prepare()
         for selected in runs:
             selected.last_error = None
             selected.state = S.NOT_STARTED
