@@ -14,6 +14,7 @@ import asyncio
 import atexit
 import collections
 import enum
+import functools
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ from homunculy_nb.expressions import HOST, ResolveContext, resolve_part
 from homunculy_nb.health import probe
 from homunculy_nb.parameters import MASK, Parameter, Secret
 from homunculy_nb.runtimes.base import Launch, Running, Runtime, find_runtime
+from homunculy_nb.runtimes.process import run_blocking
 from homunculy_nb.stack import AllocatedEndpoint, Resource, Wait
 from homunculy_nb.state import StateDir, launcher_alive, launcher_record, stop_orphans
 
@@ -345,7 +347,7 @@ class Orchestrator:
                     f"Stack `{self.stack.name}` is already running, launched by pid {other}. Stop it there, "
                     f"or run `homunculy-nb down {self.stack.state_dir}`."
                 )
-        stopped = await asyncio.to_thread(stop_orphans, self.state_dir)
+        stopped = await run_blocking(stop_orphans, self.state_dir)
         if stopped:
             logger.warning("Stopped resources left behind by an earlier run: %s", ", ".join(stopped))
 
@@ -870,7 +872,7 @@ class Orchestrator:
             self._write_state()
             self._launcher = None
             if _state_owners.get(self.state_dir.root) is self:
-                await asyncio.to_thread(stop_orphans, self.state_dir)
+                await run_blocking(stop_orphans, self.state_dir)
         await self._remove_stack_leftovers(volumes)
         if volumes:
             import shutil
@@ -887,7 +889,7 @@ class Orchestrator:
             if remove_stack is None:
                 continue
             try:
-                await asyncio.to_thread(remove_stack, self.stack.name, volumes=volumes)
+                await run_blocking(functools.partial(remove_stack, self.stack.name, volumes=volumes))
             except Exception as exc:  # noqa: BLE001 - the processes are stopped; report what is left
                 logger.warning("The %s runtime failed to remove what stack `%s` left: %s", key, self.stack.name, exc)
 
