@@ -378,3 +378,33 @@ def test_health_check_turns_unhealthy_and_back(make_stack):
     unhealthy = events[(events.resource == "svc") & (events.state == "Unhealthy")]
     assert "check flag returned False" in unhealthy.message.iloc[0]
     assert stack.status().set_index("name").loc["svc", "health"] == "Healthy"
+
+
+def test_new_stack_same_state_dir_replaces_old(make_stack, state_root):
+    state_dir = state_root / "shared"
+    first = make_stack(state_dir=state_dir)
+    first.add_executable("sleeper", "sleep", ["60"])
+    first.up(timeout=60)
+    old_pid = int(first.status().pid.iloc[0])
+
+    second = make_stack(state_dir=state_dir)
+    second.add_executable("sleeper", "sleep", ["60"])
+    second.up(timeout=60)
+
+    new_pid = int(second.status().pid.iloc[0])
+    state = json.loads((state_dir / "state.json").read_text())
+    assert not pid_alive(old_pid)
+    assert state["resources"]["sleeper"]["pid"] == new_pid
+    assert state["run_id"] == second.orchestrator.run_id
+
+
+def test_up_without_wait_returns_before_ready(make_stack, tmp_path):
+    gate = tmp_path / "gate"
+    stack = make_stack()
+    stack.add_executable("slow", "sleep", ["60"]).with_health_check(gate.exists, name="gate")
+
+    stack.up(wait=False)
+
+    assert stack.status().state.iloc[0] in ("NotStarted", "Starting", "Running")
+    gate.write_text("open")
+    until_state(stack, "slow", "Healthy")
