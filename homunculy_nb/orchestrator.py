@@ -540,8 +540,9 @@ class Orchestrator:
         raise ConfigurationError(f"`{resource.name}` has kind {resource.kind!r}, which no runtime starts.")
 
     def _preflight(self, runs: list[ResourceRun]) -> None:
-        """Resolve every launch once, so a missing parameter or runtime fails before anything starts."""
+        """Resolve every launch once, so a missing parameter, file or runtime fails before anything starts."""
         for run in runs:
+            _check_paths(run.resource)
             key, launch = self._build_launch(run)
             if key is None:
                 continue
@@ -1141,6 +1142,18 @@ def port_holder(port: int) -> int | None:
         if connection.laddr and connection.laddr.port == port and connection.status == psutil.CONN_LISTEN:
             return connection.pid
     return None
+
+
+def _check_paths(resource: Any) -> None:
+    """Raise `ConfigurationError` when a file or directory the resource declares does not exist."""
+    checks = [
+        ("changelog", getattr(resource, "changelog", None), "Pass the path of a changelog file or folder."),
+        ("script", getattr(resource, "script", None), "Pass an existing script, or a module name."),
+        ("working directory", getattr(resource, "cwd", None), "Create it or pass another cwd."),
+    ]
+    for what, path, fix in checks:
+        if path is not None and not Path(path).exists():
+            raise ConfigurationError(f"The {what} {str(path)!r} of `{resource.name}` does not exist. {fix}")
 
 
 def _reveal(value: str | Secret) -> str:

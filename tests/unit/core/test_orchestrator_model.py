@@ -154,3 +154,20 @@ def test_cli_state_dir_from_stack_file(tmp_path):
     stack_file.write_text(f"from homunculy_nb.stack import Stack\nstack = Stack('f', state_dir={str(tmp_path / 's')!r})\n")
 
     assert resolve_state_dir(str(stack_file)) == Path(tmp_path / "s").resolve()
+
+
+def test_missing_changelog_fails_before_start(stack):
+    database = stack.add_postgres("db").add_database("app")
+    stack.add_migrations("migrate", "missing/changelog.xml", database)
+
+    with pytest.raises(ConfigurationError, match="changelog .*missing/changelog.xml.* of `migrate` does not exist"):
+        stack.up(progress=False)
+
+    assert stack.events().empty
+
+
+def test_missing_script_fails_before_start(stack):
+    stack.add_python_app("worker", "worker.py")
+
+    with pytest.raises(ConfigurationError, match="script .* of `worker` does not exist"):
+        stack.up(progress=False)
