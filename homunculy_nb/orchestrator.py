@@ -117,6 +117,7 @@ class ResourceRun:
         self.stopping = False
         self.tail: collections.deque[str] = collections.deque(maxlen=ERROR_TAIL)
         self.log_handle: Any = None
+        self.log_started = False
 
     @property
     def name(self) -> str:
@@ -642,10 +643,12 @@ class Orchestrator:
                     await running.stop(5.0)
                 raise
         except asyncio.CancelledError:
+            self._close_log(run)
             run.last_error = "Start cancelled."
             self._set_state(run, S.NOT_STARTED, run.last_error)
             raise
         except Exception as exc:  # noqa: BLE001 - any start failure becomes the resource's state
+            self._close_log(run)
             run.last_error = self.mask(_describe_error(exc))
             self._set_state(run, S.FAILED_TO_START, run.last_error)
             return
@@ -663,6 +666,7 @@ class Orchestrator:
 
         run.exit_code = code
         run.running = None
+        self._close_log(run)
         if run.stopping:
             self._set_state(run, S.STOPPED, f"exit code {code}")
         elif code == 0:
@@ -711,7 +715,9 @@ class Orchestrator:
                 return
             try:
                 self.state_dir.logs_dir.mkdir(parents=True, exist_ok=True)
-                mode = "a" if run.restarts else "w"
+                # The first launch in this process starts a fresh file; later launches append to it.
+                mode = "a" if run.log_started else "w"
+                run.log_started = True
                 run.log_handle = open(self.state_dir.log_file(run.name), mode, encoding="utf-8", buffering=1)
             except OSError as exc:
                 logger.warning("Cannot write the console log of `%s`: %s", run.name, exc)
