@@ -21,7 +21,8 @@ Every container, network and volume carries the labels `homunculy-nb.stack`, `ho
     target_ports    {endpoint: container port}; `launch.ports` gives the host port (0 or None: any)
     health_check    {"test": [...], "interval": s, "timeout": s, "retries": n, "start_period": s}
                     replacing the image's HEALTHCHECK
-    host_ports      [int]: host ports on 127.0.0.1 that the container reaches via host.docker.internal
+    host_ports      [int]: host ports on 127.0.0.1 that the container reaches via host.docker.internal;
+                    every `host.docker.internal:PORT` in the environment or args is added
     stack, run_id   label values; `network` defaults to "homunculy-nb-<stack>"
 
 The docker SDK blocks, so every engine call runs in a worker thread. Log streams and `wait()` hold a
@@ -65,6 +66,7 @@ HOST_ALIAS = "host.docker.internal"
 _REQUEST_TIMEOUT = 120
 
 _NAME_PATTERN = re.compile(r"[^a-zA-Z0-9_.-]+")
+_HOST_PORT_PATTERN = re.compile(re.escape(HOST_ALIAS) + r":(\d{1,5})\b")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -471,8 +473,20 @@ def container_spec(launch: Launch, image: str) -> dict[str, Any]:
         "aliases": [launch.name],
         "extra_hosts": {HOST_ALIAS: "host-gateway"},
         "healthcheck": healthcheck,
-        "host_ports": [int(port) for port in options.get("host_ports") or []],
+        "host_ports": _host_ports(options.get("host_ports") or [], launch.env.values(), args or []),
     }
+
+
+def _host_ports(declared: list[int], *texts: Any) -> list[int]:
+    """Return the declared host ports plus every `host.docker.internal:PORT` in the environment and args."""
+    ports = [int(port) for port in declared]
+    for group in texts:
+        for text in group:
+            for match in _HOST_PORT_PATTERN.finditer(str(text)):
+                port = int(match.group(1))
+                if port not in ports:
+                    ports.append(port)
+    return ports
 
 
 def _create_container(client: Any, spec: dict[str, Any]) -> str:
