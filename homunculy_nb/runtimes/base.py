@@ -62,6 +62,12 @@ class Runtime(abc.ABC):
     async def start(self, launch: Launch) -> Running:
         """Start the resource described by `launch` and return its handle once it is running."""
 
+    def check_available(self, launch: Launch) -> None:
+        """Raise `RuntimeUnavailableError` when this runtime cannot start `launch` on this machine.
+
+        Called for every resource before anything starts; the default accepts everything.
+        """
+
     @classmethod
     def stop_orphan(cls, record: dict[str, Any]) -> bool:
         """Stop an instance left behind by a crashed process, from its state record.
@@ -69,3 +75,47 @@ class Runtime(abc.ABC):
         Returns True when something was stopped.
         """
         return False
+
+
+# -- runtime registry --------------------------------------------------------------------------
+#
+# The orchestrator picks a runtime by key: "process" for executables and Python apps, "postgres" for
+# PostgreSQL servers on the machine's binaries, "docker" for containers and Docker-run servers. A runtime
+# module registers itself with `register_runtime`; the built-in ones are also found by module path, so
+# importing them in advance is not needed.
+
+_registry: dict[str, type[Runtime]] = {}
+_builtin: dict[str, tuple[str, str]] = {
+    "process": ("homunculy_nb.runtimes.process", "ProcessRuntime"),
+    "postgres": ("homunculy_nb.runtimes.postgres", "PostgresRuntime"),
+    "docker": ("homunculy_nb.runtimes.docker", "DockerRuntime"),
+}
+
+
+def register_runtime(key: str, runtime: type[Runtime]) -> None:
+    """Make `runtime` the runtime for `key` ("process", "postgres", "docker" or a new one)."""
+    _registry[key] = runtime
+
+
+def find_runtime(key: str) -> type[Runtime] | None:
+    """Return the runtime class registered for `key`, importing a built-in one on first use, or None."""
+    if key in _registry:
+        return _registry[key]
+    if key not in _builtin:
+        return None
+
+    import importlib
+
+    module_name, class_name = _builtin[key]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # Only a missing runtime module means "not installed"; a missing import inside it is a bug.
+        if exc.name != module_name:
+            raise
+        return None
+
+    runtime = getattr(module, class_name, None)
+    if runtime is not None:
+        _registry.setdefault(key, runtime)
+    return _registry.get(key)
