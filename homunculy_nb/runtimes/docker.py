@@ -23,7 +23,10 @@ Every container, network and volume carries the labels `homunculy-nb.stack`, `ho
                     replacing the image's HEALTHCHECK
     host_ports      [int]: host ports on 127.0.0.1 that the container reaches via host.docker.internal;
                     every `host.docker.internal:PORT` in the environment or args is added
-    stack, run_id   label values; `network` defaults to "homunculy-nb-<stack>"
+    stack, run_id   label values (the run id may also come as `labels["homunculy-nb.run"]`);
+                    `network` defaults to "homunculy-nb-<stack>"
+    labels          extra container labels
+    kind            "postgres" runs the official PostgreSQL image (see `docker_postgres`)
 
 The docker SDK blocks, so every engine call runs in a worker thread. Log streams and `wait()` hold a
 connection each for as long as the container runs, so they use their own threads and clients.
@@ -397,12 +400,19 @@ def _dockerfile_parts(dockerfile: Any) -> tuple[str, str, dict[str, str] | None]
 # Container specification
 
 
+def _run_id(options: dict[str, Any]) -> str:
+    labels = options.get("labels") or {}
+    return str(options.get("run_id") or labels.get(LABEL_RUN_ID) or labels.get("homunculy-nb.run") or "")
+
+
 def _labels(launch: Launch) -> dict[str, str]:
-    return {
+    labels = {str(key): str(value) for key, value in (launch.options.get("labels") or {}).items()}
+    labels.update({
         LABEL_STACK: str(launch.options.get("stack", "default")),
         LABEL_RESOURCE: launch.name,
-        LABEL_RUN_ID: str(launch.options.get("run_id", "")),
-    }
+        LABEL_RUN_ID: _run_id(launch.options),
+    })
+    return labels
 
 
 def _seconds_to_ns(value: float | None) -> int | None:
@@ -457,7 +467,7 @@ def container_spec(launch: Launch, image: str) -> dict[str, Any]:
     if args is None:
         args = launch.command
 
-    run_id = str(options.get("run_id", ""))
+    run_id = _run_id(options)
     suffix = f"-{run_id[:8]}" if run_id else ""
     return {
         "name": f"{_sanitize(stack)}-{_sanitize(launch.name)}{suffix}",
@@ -609,11 +619,20 @@ def _stream_logs(container_id: str, stream: str, loop: asyncio.AbstractEventLoop
 class DockerRuntime(Runtime):
     """Runs a container resource on the Docker engine that DOCKER_HOST names."""
 
-    async def start(self, launch: Launch) -> DockerContainer:
+    async def start(self, launch: Launch) -> Running:
+        if launch.options.get("kind") == "postgres":
+            from homunculy_nb.runtimes.docker_postgres import DockerPostgresRuntime
+
+            return await DockerPostgresRuntime().start(launch)
+
         client = await asyncio.to_thread(engine_client)
         image = await _ensure_image(client, launch)
         spec = container_spec(launch, image)
         return await _start_container(client, launch, spec)
+
+    def check_available(self, launch: Launch) -> None:
+        """Raise `RuntimeUnavailableError` naming the reason and DOCKER_HOST when no engine answers."""
+        check_engine()
 
     @classmethod
     def stop_orphan(cls, record: dict[str, Any]) -> bool:

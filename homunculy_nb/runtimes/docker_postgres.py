@@ -1,7 +1,8 @@
 """PostgreSQL in a container from the official image (`postgres:<tag>`).
 
 `DockerPostgresRuntime` takes the same `Launch.options` as the local `PostgresRuntime` (user, password,
-databases, persistent) plus `image`, `tag`, `volume`, `stack` and `run_id`. The image's entrypoint creates
+databases, persistent) plus `image`, `tag`, `data_volume`, `stack`, `run_id` and `labels`. `DockerRuntime`
+hands a launch with `options["kind"] == "postgres"` to it. The image's entrypoint creates
 the user and the first database from POSTGRES_USER, POSTGRES_PASSWORD and POSTGRES_DB; the runtime creates
 the other declared databases once the server accepts connections. The data directory is a named volume
 when the server is persistent, else it lives and dies with the container.
@@ -44,7 +45,8 @@ def container_launch(launch: Launch) -> Launch:
 
     volumes = []
     if options.get("persistent"):
-        volumes.append((options.get("volume") or f"{launch.name}-data", DATA_DIRECTORY))
+        volume = options.get("volume") or options.get("data_volume") or f"{launch.name}-data"
+        volumes.append((volume, DATA_DIRECTORY))
 
     container_options: dict[str, Any] = {
         "image": options.get("image", "postgres"),
@@ -53,7 +55,7 @@ def container_launch(launch: Launch) -> Launch:
         "volumes": volumes,
         "health_check": {"test": HEALTH_TEST, "interval": 1.0, "timeout": 5.0, "retries": 60, "start_period": 2.0},
     }
-    for key in ("stack", "run_id", "network", "host_ports"):
+    for key in ("stack", "run_id", "network", "host_ports", "labels"):
         if key in options:
             container_options[key] = options[key]
 
