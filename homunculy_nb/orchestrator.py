@@ -143,6 +143,8 @@ class Orchestrator:
         self._launcher: dict[str, Any] | None = None
         self._atexit_registered = False
         self._reserved_ports: set[int] = set()
+        # "cli" when `homunculy-nb up` runs the stack, so `homunculy-nb down` may signal that process.
+        self.launcher_kind = "python"
 
     # -- model bookkeeping
 
@@ -339,7 +341,7 @@ class Orchestrator:
         if stopped:
             logger.warning("Stopped resources left behind by an earlier run: %s", ", ".join(stopped))
 
-        self._launcher = launcher_record()
+        self._launcher = launcher_record(self.launcher_kind)
         if not self._atexit_registered:
             atexit.register(self._stop_at_exit)
             self._atexit_registered = True
@@ -534,6 +536,14 @@ class Orchestrator:
                 continue
             runtime = self._runtime(key, run.resource)
             runtime.check_available(launch)
+            if key == "postgres":
+                # Name the install command before anything starts, not when the server is launched.
+                from homunculy_nb.runtimes.postgres import find_postgres_bin
+
+                try:
+                    find_postgres_bin("postgres")
+                except RuntimeUnavailableError as exc:
+                    raise RuntimeUnavailableError(f"Cannot start `{run.name}`: {exc}", run.name) from exc
 
     # -- one resource
 
@@ -654,7 +664,7 @@ class Orchestrator:
                 detail = "" if healthy else "runtime probe failed"
                 if healthy is None:
                     # No check at all: a job stays Running, anything else counts as healthy.
-                    if resource.kind != "migrations":
+                    if resource.kind != "migrations" and run.state == S.RUNNING and not run.stopping:
                         run.health = "Healthy"
                         self._set_state(run, S.HEALTHY)
                     return
@@ -763,11 +773,18 @@ class Orchestrator:
         await self._wait_ready(targets, timeout)
 
     async def _wait_ready(self, targets: list[ResourceRun], timeout: float | None) -> None:
+        def done(run: ResourceRun) -> bool:
+            return run.state in (S.HEALTHY, S.FINISHED) or (run.state == S.EXITED and self._expected_exit(run))
+
+        def failed(run: ResourceRun) -> bool:
+            if run.state == S.EXITED:
+                return not self._expected_exit(run)
+            return run.state in (S.FAILED_TO_START, S.STOPPED) or (run.state == S.NOT_STARTED and bool(run.last_error))
+
         def outcome() -> bool | None:
-            if any(run.state in (S.FAILED_TO_START, S.EXITED, S.STOPPED)
-                   or (run.state == S.NOT_STARTED and run.last_error) for run in targets):
+            if any(failed(run) for run in targets):
                 return False
-            if all(run.state in (S.HEALTHY, S.FINISHED) for run in targets):
+            if all(done(run) for run in targets):
                 return True
             return None
 
@@ -781,12 +798,18 @@ class Orchestrator:
             root = self._root_failure(targets)
             raise StartupError(self._failure_message(root, targets), root.name)
 
+    def _expected_exit(self, run: ResourceRun) -> bool:
+        """Tell whether some resource waits for `run` to complete with the exit code it had."""
+        return any(wait.resource is run.resource and wait.condition == "completed"
+                   and wait.exit_code == run.exit_code
+                   for other in self.stack.resources.values() for wait in other.waits)
+
     def _root_failure(self, targets: list[ResourceRun]) -> ResourceRun:
         for run in self.runs.values():
-            if run.state in (S.FAILED_TO_START, S.EXITED):
+            if run.state == S.FAILED_TO_START or (run.state == S.EXITED and not self._expected_exit(run)):
                 return run
         for run in targets:
-            if run.state != S.HEALTHY and run.state != S.FINISHED:
+            if run.state not in (S.HEALTHY, S.FINISHED):
                 return run
         return targets[0]
 

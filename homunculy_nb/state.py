@@ -88,11 +88,12 @@ class StateDir:
         self.state_file.unlink(missing_ok=True)
 
 
-def launcher_record() -> dict[str, Any]:
-    """Describe the current process as the stack's launcher."""
+def launcher_record(kind: str = "python") -> dict[str, Any]:
+    """Describe the current process as the stack's launcher: "cli" for `homunculy-nb up`, else "python"."""
     from homunculy_nb.runtimes.process import process_start_time
 
-    return {"pid": os.getpid(), "create_time": process_start_time(os.getpid()), "written": time.time()}
+    return {"pid": os.getpid(), "create_time": process_start_time(os.getpid()), "kind": kind,
+            "written": time.time()}
 
 
 def launcher_alive(state: dict[str, Any]) -> int | None:

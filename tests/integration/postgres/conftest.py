@@ -101,3 +101,43 @@ def connect() -> Callable[..., object]:
         )
 
     return open_connection
+
+
+@pytest.fixture(scope="session")
+def migration_server(template_cache: Path) -> Iterator[PostgresServer]:
+    """One server shared by the migration tests; each test gets its own database."""
+    workdir = Path(tempfile.mkdtemp(prefix="hnb-pg-migrations-"))
+    launch = Launch(
+        name="migrations-pg",
+        run_dir=workdir,
+        ports={"tcp": free_port()},
+        options={"user": "postgres", "password": PASSWORD, "databases": [], "data_dir": workdir / "data",
+                 "persistent": False},
+    )
+    server = _loop.run(PostgresRuntime(template_cache=template_cache).start(launch), timeout=120)
+    yield server
+    _loop.run(server.stop(timeout=10), timeout=60)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def database_uri(migration_server: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A URI of a new, empty database on the shared server; the database is dropped afterwards."""
+    import psycopg
+    from psycopg import sql
+
+    name = "m_" + "".join(char if char.isalnum() else "_" for char in request.node.name)[:50].lower()
+    admin = psycopg.connect(
+        host=migration_server.host, port=migration_server.port, user="postgres", password=PASSWORD,
+        dbname="postgres", autocommit=True,
+    )
+    with admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    quoted_password = PASSWORD.replace(" ", "%20")
+    yield f"postgresql://postgres:{quoted_password}@{migration_server.host}:{migration_server.port}/{name}"
+    with psycopg.connect(
+        host=migration_server.host, port=migration_server.port, user="postgres", password=PASSWORD,
+        dbname="postgres", autocommit=True,
+    ) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
