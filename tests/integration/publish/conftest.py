@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from types import SimpleNamespace
 
 import pytest
@@ -70,3 +73,27 @@ def shop(project, tmp_path):
     )
     return SimpleNamespace(stack=stack, server=server, orders=orders, migrations=migrations, api=api, web=web,
                            password=password)
+
+
+def _compose_command() -> list[str]:
+    """Return the Compose CLI: the `docker compose` plugin when present, else Debian's docker-compose."""
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    if legacy:
+        return [legacy]
+    pytest.fail("No Compose CLI found. Install Debian's docker-compose: bash scripts/system-deps.sh docker")
+
+
+@pytest.fixture
+def compose_config():
+    """Run `compose config` on a published folder with extra environment variables."""
+
+    def run(out, variables: dict[str, str]) -> subprocess.CompletedProcess:
+        env = {key: value for key, value in os.environ.items() if key != "DOCKER_HOST"}
+        env.update(variables)
+        return subprocess.run([*_compose_command(), "-f", str(out / "docker-compose.yaml"), "config"],
+                              cwd=out, env=env, capture_output=True, text=True, timeout=120)
+
+    return run

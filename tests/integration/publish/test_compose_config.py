@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-
 import pytest
 import yaml
 
@@ -14,25 +10,7 @@ from homunculy_nb.publish import publish
 pytestmark = pytest.mark.integration
 
 
-def compose_command() -> list[str]:
-    """Return the Compose CLI: the `docker compose` plugin when present, else Debian's docker-compose."""
-    docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
-        return [docker, "compose"]
-    legacy = shutil.which("docker-compose")
-    if legacy:
-        return [legacy]
-    pytest.fail("No Compose CLI found. Install Debian's docker-compose: bash scripts/system-deps.sh docker")
-
-
-def compose_config(out, variables: dict[str, str]) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key != "DOCKER_HOST"}
-    env.update(variables)
-    return subprocess.run([*compose_command(), "-f", str(out / "docker-compose.yaml"), "config"],
-                          cwd=out, env=env, capture_output=True, text=True, timeout=120)
-
-
-def test_compose_config_accepts_published_project(shop, tmp_path):
+def test_compose_config_accepts_published_project(shop, tmp_path, compose_config):
     out = tmp_path / "compose"
     publish(shop.stack, "compose", out)
 
@@ -49,7 +27,7 @@ def test_compose_config_accepts_published_project(shop, tmp_path):
     assert api_env["PRICE_FORMAT"] == "$$(amount) in $$USD"
 
 
-def test_compose_config_reads_env_file_copied_from_example(shop, tmp_path):
+def test_compose_config_reads_env_file_copied_from_example(shop, tmp_path, compose_config):
     out = tmp_path / "compose"
     publish(shop.stack, "compose", out)
     example = (out / ".env.example").read_text()
