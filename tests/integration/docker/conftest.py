@@ -123,3 +123,123 @@ def free_port() -> int:
 def clean_env(monkeypatch):
     monkeypatch.delenv("DOCKER_HOST", raising=False)
     return os.environ
+
+
+# -- a PostgreSQL image from the machine's PostgreSQL 15 --------------------------------------------------
+
+POSTGRES_IMAGE = "homunculy-nb-test/postgres:15"
+PG_ROOT = Path("/usr/lib/postgresql/15")
+PG_PROGRAMS = ["postgres", "initdb", "pg_ctl", "psql", "pg_isready"]
+PG_UID = 999
+
+# Does what the official image's entrypoint does for a fresh data directory: a superuser with the given
+# password, password authentication over TCP, the POSTGRES_DB database, initialisation on a socket only.
+PG_ENTRYPOINT = """#!/bin/sh
+set -e
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+  printf '%s\\n' "$POSTGRES_PASSWORD" > /tmp/pwfile
+  initdb -D "$PGDATA" -U "$POSTGRES_USER" --pwfile=/tmp/pwfile --auth-local=trust \\
+    --auth-host=scram-sha-256 -E UTF8 --locale=C >/dev/null
+  rm /tmp/pwfile
+  echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
+  pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start >/dev/null
+  if [ "$POSTGRES_DB" != "postgres" ]; then
+    psql -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d postgres -c "CREATE DATABASE \\"$POSTGRES_DB\\""
+  fi
+  pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
+  echo "initialised $PGDATA"
+fi
+exec postgres -D "$PGDATA" -c listen_addresses='*'
+"""
+
+
+def _shared_libraries(paths: list[Path]) -> set[Path]:
+    import subprocess
+
+    found: set[Path] = set()
+    for path in paths:
+        output = subprocess.run(["ldd", str(path)], capture_output=True, text=True).stdout
+        for line in output.splitlines():
+            parts = line.split()
+            if "=>" in parts and len(parts) >= 3 and parts[2].startswith("/"):
+                found.add(Path(parts[2]))
+            elif parts and parts[0].startswith("/"):
+                found.add(Path(parts[0]))
+    return found
+
+
+def _postgres_root_tar() -> bytes:
+    if not (PG_ROOT / "bin" / "postgres").is_file():
+        pytest.fail("PostgreSQL 15 is missing. Install it with: bash scripts/system-deps.sh postgres")
+
+    programs = [PG_ROOT / "bin" / name for name in PG_PROGRAMS]
+    modules = [path for path in (PG_ROOT / "lib").glob("*.so") if "llvmjit" not in path.name]
+    files = set(programs) | set(modules) | _shared_libraries(programs + modules)
+    share = Path("/usr/share/postgresql/15")
+    files |= {path for path in share.rglob("*") if path.is_file() and "man" not in path.parts}
+    files |= {Path("/usr/share/zoneinfo/UTC"), Path("/usr/share/zoneinfo/Etc/UTC")}
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        # Parent folders first: ones the archive leaves out would not be readable by the postgres user.
+        parents = {parent for path in files for parent in path.parents if str(parent) != "/"}
+        parents |= {Path("/usr/local/bin"), Path("/usr/local"), Path("/usr"), Path("/bin"), Path("/var"),
+                    Path("/var/lib"), Path("/var/run")}
+        for folder in sorted(parents, key=lambda p: len(p.parts)):
+            info = tarfile.TarInfo(str(folder).lstrip("/"))
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+            archive.addfile(info)
+        # Symlinked libraries are stored as files under the name the programs look for.
+        for path in sorted(files):
+            archive.add(str(path.resolve()), arcname=str(path).lstrip("/"), recursive=False)
+        archive.add("/bin/busybox", arcname="bin/busybox")
+        for applet in ["sh", "cat", "echo", "rm", "printf", "sleep", "ls", "mkdir", "env"]:
+            info = tarfile.TarInfo(f"bin/{applet}")
+            info.type = tarfile.SYMTYPE
+            info.linkname = "busybox"
+            archive.addfile(info)
+
+        def add_dir(name: str, uid: int = 0, mode: int = 0o755) -> None:
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE
+            info.mode = mode
+            info.uid = info.gid = uid
+            archive.addfile(info)
+
+        def add_file(name: str, data: bytes, mode: int = 0o644) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = mode
+            archive.addfile(info, io.BytesIO(data))
+
+        add_dir("tmp", mode=0o1777)
+        add_dir("etc")
+        add_dir("var/lib/postgresql", PG_UID, 0o755)
+        add_dir("var/lib/postgresql/data", PG_UID, 0o700)
+        add_dir("var/run/postgresql", PG_UID, 0o775)
+        add_file("etc/passwd", f"root:x:0:0:root:/root:/bin/sh\npostgres:x:{PG_UID}:{PG_UID}::/var/lib/postgresql:/bin/sh\n".encode())
+        add_file("etc/group", f"root:x:0:\npostgres:x:{PG_UID}:\n".encode())
+        add_file("usr/local/bin/docker-entrypoint.sh", PG_ENTRYPOINT.encode(), 0o755)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def postgres_image(engine) -> str:
+    """A stand-in for the official postgres image (no registry here), built from the machine's PostgreSQL 15."""
+    import docker
+
+    try:
+        engine.inspect_image(POSTGRES_IMAGE)
+    except docker.errors.ImageNotFound:
+        repository, tag = POSTGRES_IMAGE.split(":")
+        changes = [
+            f"USER {PG_UID}",
+            f"ENV PATH={PG_ROOT}/bin:/usr/bin:/bin",
+            "ENV PGDATA=/var/lib/postgresql/data",
+            "ENV TZ=UTC",
+            'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]',
+            "EXPOSE 5432",
+        ]
+        engine.import_image_from_data(_postgres_root_tar(), repository=repository, tag=tag, changes=changes)
+    return POSTGRES_IMAGE

@@ -252,3 +252,50 @@ def test_orphans_removed_after_launcher_is_killed(engine, base_image, stack_name
         time.sleep(0.2)
     assert containers_of(engine, stack_name) == []
     assert json.loads(json.dumps(leftover[0]["Labels"]))[LABEL_STACK] == stack_name
+
+
+def test_postgres_on_docker_serves_host_and_containers(engine, postgres_image, make_stack, stack_name, tmp_path):
+    changelog = tmp_path / "changelog"
+    changelog.mkdir()
+    (changelog / "001_items.sql").write_text("CREATE TABLE items (name text);\nINSERT INTO items VALUES ('kept');\n")
+
+    def declare() -> Stack:
+        stack = make_stack()
+        password = stack.add_parameter("pg-password", secret=True, value="docker-pg-pw-1")
+        server = stack.add_postgres("pg", password=password, runtime="docker", image=postgres_image.split(":")[0],
+                                    tag="15").with_data_volume()
+        orders = server.add_database("orders")
+        server.add_database("reports")
+        migrations = stack.add_migrations("migrate", changelog, orders)
+        (
+            stack.add_container("reader", postgres_image)
+            .with_reference(orders)
+            .with_entrypoint("/bin/sh", "-c")
+            .with_args('psql "$ORDERS_URI" -tAc "SELECT name FROM items"')
+            .wait_for_completion(migrations)
+        )
+        return stack
+
+    import psycopg
+
+    stack = declare()
+    stack.up(timeout=240)
+
+    assert status_of(stack, "pg")["state"] == "Healthy"
+    assert wait_finished(stack, "reader")["state"] == "Finished"
+    assert "kept" in log_lines(stack, "reader")
+    port = stack["pg"].endpoints["tcp"].allocated.port
+    for database in ("orders", "reports"):
+        with psycopg.connect(host="127.0.0.1", port=port, user="postgres", password="docker-pg-pw-1",
+                             dbname=database) as connection:
+            assert connection.execute("SELECT current_database()").fetchone() == (database,)
+
+    stack.down()
+    assert containers_of(engine, stack_name) == []
+
+    again = declare()
+    again.up(timeout=240)
+    port = again["pg"].endpoints["tcp"].allocated.port
+    with psycopg.connect(host="127.0.0.1", port=port, user="postgres", password="docker-pg-pw-1",
+                         dbname="orders") as connection:
+        assert connection.execute("SELECT name FROM items").fetchall() == [("kept",)]
