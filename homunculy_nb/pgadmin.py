@@ -78,7 +78,7 @@ def _container(stack: Any, port: int | None) -> Any:
         .with_http_endpoint(port=port, target_port=CONTAINER_PORT)
         .with_entrypoint(*CONTAINER_ENTRYPOINT)
     )
-    # The image refuses to start without a login, which desktop mode then never asks for.
+    # The image exits at start without a login, which desktop mode then never prompts for.
     container.with_environment("PGADMIN_DEFAULT_EMAIL", "admin@example.com")
     container.with_environment("PGADMIN_DEFAULT_PASSWORD", password)
     container.with_environment("PGADMIN_CONFIG_SERVER_MODE", "False")
@@ -149,7 +149,7 @@ def _pgpass_field(value: str) -> str:
 
 
 def pgpass(stack: Any, context: ResolveContext) -> Secret | str:
-    """Return pgpass lines (host:port:*:user:password) for the servers; a `Secret` since it holds passwords."""
+    """Return pgpass lines (host:port:*:user:password) for the servers; a `Secret` since it contains passwords."""
     lines = []
     for server in postgres_servers(stack):
         address = _address(server, context)

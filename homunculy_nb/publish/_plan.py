@@ -275,7 +275,7 @@ def _service(stack: Any, resource: Any, resolver: _Resolver, out_dir: Path, dock
             service.external_ports[endpoint.name] = (endpoint.port or container_port(endpoint), container_port(endpoint))
 
     for key, value in service.environment.items():
-        # A service told to listen on loopback would be unreachable from other containers.
+        # A service configured to listen on loopback would be unreachable from other containers.
         if key.upper().endswith("HOST") and value.text in LOOPBACK_NAMES:
             service.environment[key] = Value("0.0.0.0")
 

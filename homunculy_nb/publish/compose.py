@@ -1,7 +1,7 @@
 """Write a stack as a Docker Compose project: docker-compose.yaml, .env.example, generated Dockerfiles.
 
 Parameters appear as `${NAME}` (with `:-default` for a plain parameter that has one) and are listed in
-`.env.example` without values; the deployer copies it to `.env` and fills it in.
+`.env.example` without values. The deployer copies it to `.env` and fills it in.
 """
 
 from __future__ import annotations

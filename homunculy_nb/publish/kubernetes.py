@@ -4,7 +4,7 @@
   Deployments. Every resource with an endpoint gets a ClusterIP Service named after it, so the
   references resolved to service names work inside the cluster.
 - A one-shot resource (migrations) that others wait for runs as an init container of each dependent, so
-  it completes before them; one with no dependents becomes a Job. Migrations apply each change set once,
+  it completes before them. One with no dependents becomes a Job. Migrations apply each change set once,
   so running them again per dependent is harmless.
 - A wait for a healthy resource becomes an init container that waits until its Service accepts TCP.
 - Plain settings go into a ConfigMap per resource. Parameters go into `<stack>-parameters` (plain) and a
@@ -166,7 +166,7 @@ def _container(service: Service, plan: Plan, stack: str) -> dict[str, Any]:
         container["args"] = [part.replace("$(", "$$(") for part in service.command]
     env = _env(service, plan, stack)
     if service.kind == "postgres":
-        # A fresh volume holds lost+found, which initdb rejects, so the cluster lives one level down.
+        # A fresh volume contains lost+found, which initdb rejects, so the cluster lives one level down.
         env.append({"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"})
     if env:
         container["env"] = env

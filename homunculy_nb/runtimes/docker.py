@@ -3,8 +3,8 @@
 Each stack gets one user-defined bridge network. A container joins it with its resource name as a network
 alias, so `DB_HOST=homunculy-postgres` works from another container. Endpoints are published on 127.0.0.1
 for host processes. Containers reach host processes through `host.docker.internal`, which the engine maps
-to its host gateway address; because host processes listen on 127.0.0.1 only, the runtime forwards each
-host port a container needs from the gateway address to 127.0.0.1 (`launch.options["host_ports"]`).
+to its host gateway address. Host processes listen on 127.0.0.1 only, so the runtime forwards each host
+port a container needs from the gateway address to 127.0.0.1 (`launch.options["host_ports"]`).
 
 Every container, network and volume carries the labels `homunculy-nb.stack`, `homunculy-nb.resource` and
 `homunculy-nb.run-id`, which is how `remove_stack()` and `stop_orphan()` find them after a kernel crash.
@@ -90,7 +90,7 @@ def _docker_module() -> Any:
 def engine_client(timeout: float | None = _REQUEST_TIMEOUT) -> Any:
     """Return a low-level `docker.APIClient` for the engine that DOCKER_HOST (or the default socket) names.
 
-    Raises `RuntimeUnavailableError` with the reason and DOCKER_HOST when the engine does not answer.
+    Raises `RuntimeUnavailableError` with the reason and DOCKER_HOST when the engine does not respond.
     """
     docker = _docker_module()
     docker_host = os.environ.get("DOCKER_HOST") or "unset (default unix:///var/run/docker.sock)"
@@ -98,7 +98,7 @@ def engine_client(timeout: float | None = _REQUEST_TIMEOUT) -> Any:
     unreachable = _connect_error(os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock")
     if unreachable:
         raise RuntimeUnavailableError(
-            f"No Docker engine answers (DOCKER_HOST is {docker_host}): {unreachable}. "
+            f"No Docker engine responds (DOCKER_HOST is {docker_host}): {unreachable}. "
             "Start dockerd (scripts/start-dockerd.sh does so as root) or point DOCKER_HOST at a running "
             "engine, or run the stack with runtime='local' and no container resources."
         )
@@ -111,7 +111,7 @@ def engine_client(timeout: float | None = _REQUEST_TIMEOUT) -> Any:
         if client is not None:
             client.close()
         raise RuntimeUnavailableError(
-            f"No Docker engine answers (DOCKER_HOST is {docker_host}): {exc}. "
+            f"No Docker engine responds (DOCKER_HOST is {docker_host}): {exc}. "
             "Start dockerd (scripts/start-dockerd.sh does so as root) or point DOCKER_HOST at a running "
             "engine, or run the stack with runtime='local' and no container resources."
         ) from exc
@@ -140,7 +140,7 @@ def _connect_error(address: str) -> str | None:
 
 
 def check_engine() -> None:
-    """Raise `RuntimeUnavailableError` naming the reason and DOCKER_HOST when no engine answers."""
+    """Raise `RuntimeUnavailableError` naming the reason and DOCKER_HOST when no engine responds."""
     engine_client(timeout=10).close()
 
 
@@ -631,7 +631,7 @@ class DockerRuntime(Runtime):
         return await _start_container(client, launch, spec)
 
     def check_available(self, launch: Launch) -> None:
-        """Raise `RuntimeUnavailableError` naming the reason and DOCKER_HOST when no engine answers."""
+        """Raise `RuntimeUnavailableError` naming the reason and DOCKER_HOST when no engine responds."""
         check_engine()
 
     @classmethod

@@ -98,7 +98,7 @@ def test_container_without_healthcheck_probes_none(engine, base_image, stack_nam
         _loop.run(container.stop(timeout=1), timeout=60)
 
 
-def test_one_shot_container_reports_exit_code_and_is_removed(engine, base_image, stack_name, tmp_path):
+def test_one_shot_exit_code_and_removal(engine, base_image, stack_name, tmp_path):
     console = Console()
     launch = make_launch(stack_name, "job", tmp_path, console, image=base_image,
                          args=["sh", "-c", "echo step one; echo oops >&2; exit 3"])

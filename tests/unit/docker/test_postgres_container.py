@@ -1,4 +1,4 @@
-"""The container DockerPostgresRuntime asks for: official image, environment, volume, health check.
+"""The container DockerPostgresRuntime requests: official image, environment, volume, health check.
 
 No registry is reachable here, so the official image itself cannot run in tests; these check the
 container the runtime would create from it.
