@@ -36,277 +36,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import ipaddress
 import logging
 import math
 import os
 import re
-import socket
-import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from homunculy_nb.errors import (
-    ConfigurationError,
-    PortInUseError,
-    ResourceError,
-    RuntimeUnavailableError,
-)
+from homunculy_nb.errors import ConfigurationError, PortInUseError, ResourceError
 from homunculy_nb.runtimes.base import Launch, OutputCallback, Running, Runtime
+from homunculy_nb.runtimes.docker_engine import (
+    HOST_ALIAS,
+    LABEL_RESOURCE,
+    LABEL_RUN_ID,
+    LABEL_STACK,
+    check_engine,
+    docker_module,
+    engine_client,
+    host_gateway_address,
+    network_name,
+    remove_container,
+    remove_network_if_unused,
+    remove_stack,
+    sanitize,
+    volume_name,
+)
+from homunculy_nb.runtimes.docker_network import (
+    acquire_forwarder,
+    acquire_network,
+    release_forwarder,
+    release_network,
+)
 
 logger = logging.getLogger(__name__)
 
-LABEL_STACK = "homunculy-nb.stack"
-LABEL_RESOURCE = "homunculy-nb.resource"
-LABEL_RUN_ID = "homunculy-nb.run-id"
-
-HOST_ALIAS = "host.docker.internal"
-
-# Seconds an engine request may take before the call fails; streams and waits have no timeout.
-_REQUEST_TIMEOUT = 120
-
-_NAME_PATTERN = re.compile(r"[^a-zA-Z0-9_.-]+")
 _HOST_PORT_PATTERN = re.compile(re.escape(HOST_ALIAS) + r":(\d{1,5})\b")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Engine access
-
-
-def _docker_module() -> Any:
-    try:
-        import docker
-    except ImportError as exc:
-        raise RuntimeUnavailableError(
-            "Running containers needs the docker SDK, which is not installed. "
-            "Install it with: pip install 'homunculy-nb[docker]'"
-        ) from exc
-    return docker
-
-
-def engine_client(timeout: float | None = _REQUEST_TIMEOUT) -> Any:
-    """Return a low-level `docker.APIClient` for the engine that DOCKER_HOST (or the default socket) names.
-
-    Raises `RuntimeUnavailableError` with the reason and DOCKER_HOST when the engine does not respond.
-    """
-    docker = _docker_module()
-    docker_host = os.environ.get("DOCKER_HOST") or "unset (default unix:///var/run/docker.sock)"
-
-    unreachable = _connect_error(os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock")
-    if unreachable:
-        raise RuntimeUnavailableError(
-            f"No Docker engine responds (DOCKER_HOST is {docker_host}): {unreachable}. "
-            "Start dockerd (scripts/start-dockerd.sh does so as root) or point DOCKER_HOST at a running "
-            "engine, or run the stack with runtime='local' and no container resources."
-        )
-
-    client = None
-    try:
-        client = docker.from_env(timeout=timeout, max_pool_size=4).api
-        client.ping()
-    except docker.errors.DockerException as exc:
-        if client is not None:
-            client.close()
-        raise RuntimeUnavailableError(
-            f"No Docker engine responds (DOCKER_HOST is {docker_host}): {exc}. "
-            "Start dockerd (scripts/start-dockerd.sh does so as root) or point DOCKER_HOST at a running "
-            "engine, or run the stack with runtime='local' and no container resources."
-        ) from exc
-    return client
-
-
-def _connect_error(address: str) -> str | None:
-    """Try a plain connection to the engine's socket first: the SDK leaks its socket when this fails."""
-    if address.startswith("unix://"):
-        target: Any = address[len("unix://"):]
-        family = socket.AF_UNIX
-    elif address.startswith("tcp://"):
-        host, _, port = address[len("tcp://"):].rstrip("/").rpartition(":")
-        target = (host.strip("[]"), int(port or 2375))
-        family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
-    else:
-        return None  # ssh:// and npipe:// are left to the SDK
-
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.settimeout(5)
-        try:
-            probe.connect(target)
-        except OSError as exc:
-            return f"cannot connect to {address} ({exc.strerror or exc})"
-    return None
-
-
-def check_engine() -> None:
-    """Raise `RuntimeUnavailableError` naming the reason and DOCKER_HOST when no engine responds."""
-    engine_client(timeout=10).close()
-
-
-def network_name(stack: str) -> str:
-    """Return the name of the stack's bridge network."""
-    return f"homunculy-nb-{_sanitize(stack)}"
-
-
-def volume_name(stack: str, name: str) -> str:
-    """Return the engine's name of a stack's named volume, prefixed with the stack like Compose does."""
-    return f"{_sanitize(stack)}_{_sanitize(name)}"
-
-
-def host_gateway_address(client: Any) -> str:
-    """Return the address that `host-gateway` maps to: the gateway of the engine's default bridge.
-
-    Forwarding host ports to containers only works with an engine on this machine, so the bridge
-    interface is read locally when the engine's network record leaves the gateway out.
-    """
-    # NOTE: an engine started with --host-gateway-ip maps host-gateway elsewhere; that is not read here.
-    details = client.inspect_network("bridge")
-    for entry in details["IPAM"].get("Config") or []:
-        if entry.get("Gateway"):
-            return entry["Gateway"]
-
-    interface = (details.get("Options") or {}).get("com.docker.network.bridge.name", "docker0")
-    address = _interface_address(interface)
-    if address:
-        return address
-    for entry in details["IPAM"].get("Config") or []:
-        if entry.get("Subnet") and ":" not in entry["Subnet"]:
-            return str(next(ipaddress.ip_network(entry["Subnet"]).hosts()))
-    raise RuntimeUnavailableError(
-        "Cannot tell the address of the Docker engine's host gateway: the default bridge network has no "
-        "gateway and no IPv4 subnet."
-    )
-
-
-def _interface_address(interface: str) -> str | None:
-    siocgifaddr = 0x8915  # Linux ioctl that reads an interface's IPv4 address
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            request = struct.pack("256s", interface.encode()[:15])
-            reply = fcntl.ioctl(probe.fileno(), siocgifaddr, request)
-        except OSError:
-            return None
-    return socket.inet_ntoa(reply[20:24])
-
-
-def _sanitize(name: str) -> str:
-    return _NAME_PATTERN.sub("-", name).strip("-.") or "stack"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Shared objects: the stack network and host port forwarders, counted by the containers that use them
-
-
-class _Shared:
-    """Networks and host port forwarders that this process created, with the containers using each."""
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.network_users: dict[str, set[str]] = {}
-        self.forwarders: dict[tuple[str, int], tuple[asyncio.AbstractServer, set[str]]] = {}
-
-
-_shared_by_loop: dict[int, _Shared] = {}
-
-
-def _shared() -> _Shared:
-    loop = asyncio.get_running_loop()
-    return _shared_by_loop.setdefault(id(loop), _Shared())
-
-
-async def _acquire_network(client: Any, name: str, labels: dict[str, str], user: str) -> None:
-    shared = _shared()
-    async with shared.lock:
-        existing = await asyncio.to_thread(client.networks, names=[name])
-        if not any(network["Name"] == name for network in existing):
-            await asyncio.to_thread(
-                client.create_network, name, driver="bridge", labels=labels, check_duplicate=True
-            )
-            logger.info("Created network %s", name)
-        shared.network_users.setdefault(name, set()).add(user)
-
-
-async def _release_network(client: Any, name: str, user: str) -> None:
-    shared = _shared()
-    async with shared.lock:
-        users = shared.network_users.get(name, set())
-        users.discard(user)
-        if users:
-            return
-        shared.network_users.pop(name, None)
-        await asyncio.to_thread(_remove_network_if_unused, client, name)
-
-
-def _remove_network_if_unused(client: Any, name: str) -> bool:
-    docker = _docker_module()
-    try:
-        details = client.inspect_network(name)
-        if details.get("Containers"):
-            return False
-        client.remove_network(name)
-    except docker.errors.NotFound:
-        return False
-    except docker.errors.APIError as exc:
-        logger.warning("Could not remove network %s: %s", name, exc)
-        return False
-    logger.info("Removed network %s", name)
-    return True
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, asyncio.CancelledError):
-        pass
-    finally:
-        writer.close()
-
-
-async def _forward_connection(port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        logger.debug("Nothing listens on 127.0.0.1:%s for a container's connection", port)
-        writer.close()
-        return
-    await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
-
-
-async def _acquire_forwarder(address: str, port: int, user: str) -> None:
-    shared = _shared()
-    async with shared.lock:
-        key = (address, port)
-        if key not in shared.forwarders:
-            try:
-                server = await asyncio.start_server(
-                    lambda r, w: _forward_connection(port, r, w), address, port
-                )
-            except OSError as exc:
-                raise PortInUseError(
-                    f"Cannot forward host port {port} to containers: binding {address}:{port} failed "
-                    f"({exc.strerror}). Free that port on {address}.",
-                    port=port,
-                ) from exc
-            shared.forwarders[key] = (server, set())
-            logger.info("Forwarding %s:%s to 127.0.0.1:%s for containers", address, port, port)
-        shared.forwarders[key][1].add(user)
-
-
-async def _release_forwarder(address: str, port: int, user: str) -> None:
-    shared = _shared()
-    async with shared.lock:
-        key = (address, port)
-        if key not in shared.forwarders:
-            return
-        server, users = shared.forwarders[key]
-        users.discard(user)
-        if not users:
-            del shared.forwarders[key]
-            server.close()
-            await server.wait_closed()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -325,7 +91,7 @@ async def _ensure_image(client: Any, launch: Launch) -> str:
         raise ConfigurationError(f"Container `{launch.name}` has neither an image nor a Dockerfile.")
     reference = image if ":" in image.rsplit("/", 1)[-1] or "@" in image else f"{image}:{options.get('tag') or 'latest'}"
 
-    docker = _docker_module()
+    docker = docker_module()
     try:
         await asyncio.to_thread(client.inspect_image, reference)
         return reference
@@ -355,7 +121,7 @@ async def _build_image(client: Any, launch: Launch, dockerfile: Any) -> str:
         )
 
     stack = launch.options.get("stack", "default")
-    reference = f"homunculy-nb/{_sanitize(stack).lower()}-{_sanitize(launch.name).lower()}:latest"
+    reference = f"homunculy-nb/{sanitize(stack).lower()}-{sanitize(launch.name).lower()}:latest"
     labels = _labels(launch)
     _emit(launch.on_output, "system", f"Building image {reference} from {context_path / file_name}")
 
@@ -470,7 +236,7 @@ def container_spec(launch: Launch, image: str) -> dict[str, Any]:
     run_id = _run_id(options)
     suffix = f"-{run_id[:8]}" if run_id else ""
     return {
-        "name": f"{_sanitize(stack)}-{_sanitize(launch.name)}{suffix}",
+        "name": f"{sanitize(stack)}-{sanitize(launch.name)}{suffix}",
         "image": image,
         "command": list(args) if args else None,
         "entrypoint": list(options["entrypoint"]) if options.get("entrypoint") else None,
@@ -500,7 +266,7 @@ def _host_ports(declared: list[int], *texts: Any) -> list[int]:
 
 
 def _create_container(client: Any, spec: dict[str, Any]) -> str:
-    docker = _docker_module()
+    docker = docker_module()
     mounts = [
         docker.types.Mount(item["target"], item["source"], type=item["type"], read_only=item["read_only"])
         for item in spec["mounts"]
@@ -531,7 +297,7 @@ def _create_container(client: Any, spec: dict[str, Any]) -> str:
 
 
 def _ensure_volumes(client: Any, spec: dict[str, Any]) -> None:
-    docker = _docker_module()
+    docker = docker_module()
     for mount in spec["mounts"]:
         if mount["type"] != "volume":
             continue
@@ -543,23 +309,9 @@ def _ensure_volumes(client: Any, spec: dict[str, Any]) -> None:
             logger.info("Created volume %s", mount["source"])
 
 
-def _remove_container(client: Any, container_id: str) -> bool:
-    """Force-remove a container; False when it is gone or another caller is already removing it."""
-    docker = _docker_module()
-    try:
-        client.remove_container(container_id, force=True)
-    except docker.errors.NotFound:
-        return False
-    except docker.errors.APIError as exc:
-        if exc.status_code == 409 and "already in progress" in str(exc.explanation):
-            return False
-        raise
-    return True
-
-
 def _remove_stale_container(client: Any, name: str) -> None:
     """Remove a container with our name left by an earlier run of the same stack and run id."""
-    docker = _docker_module()
+    docker = docker_module()
     try:
         details = client.inspect_container(name)
     except docker.errors.NotFound:
@@ -568,7 +320,7 @@ def _remove_stale_container(client: Any, name: str) -> None:
         raise ResourceError(
             f"A container named {name} exists and was not created by homunculy-nb. Remove or rename it."
         )
-    _remove_container(client, details["Id"])
+    remove_container(client, details["Id"])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -594,7 +346,7 @@ def _split_lines(chunks: Iterator[bytes]) -> Iterator[str]:
 
 
 def _stream_logs(container_id: str, stream: str, loop: asyncio.AbstractEventLoop, on_output: OutputCallback) -> None:
-    docker = _docker_module()
+    docker = docker_module()
     client = engine_client(timeout=None)
     try:
         chunks = client.logs(
@@ -641,14 +393,13 @@ class DockerRuntime(Runtime):
         if not container_id:
             return False
 
-        docker = _docker_module()
         client = engine_client()
         try:
-            removed = _remove_container(client, container_id)
+            removed = remove_container(client, container_id)
             if removed:
                 logger.info("Removed orphan container %s of `%s`", record.get("container_name"), record.get("resource"))
             if record.get("network"):
-                _remove_network_if_unused(client, record["network"])
+                remove_network_if_unused(client, record["network"])
         finally:
             client.close()
         return removed
@@ -663,46 +414,17 @@ class DockerRuntime(Runtime):
         return remove_stack(stack, volumes=volumes, keep_run_id=keep_run_id)
 
 
-def remove_stack(stack: str, volumes: bool = False, keep_run_id: str | None = None) -> int:
-    """Remove every container and network labelled with `stack`, and its named volumes when `volumes`."""
-    docker = _docker_module()
-    client = engine_client()
-    removed = 0
-    try:
-        for container in client.containers(all=True, filters={"label": f"{LABEL_STACK}={stack}"}):
-            if keep_run_id and container["Labels"].get(LABEL_RUN_ID) == keep_run_id:
-                continue
-            if _remove_container(client, container["Id"]):
-                removed += 1
-                logger.info("Removed container %s", container["Names"][0].lstrip("/"))
-
-        for network in client.networks(filters={"label": f"{LABEL_STACK}={stack}"}):
-            _remove_network_if_unused(client, network["Name"])
-
-        if volumes:
-            found = client.volumes(filters={"label": f"{LABEL_STACK}={stack}"}).get("Volumes") or []
-            for volume in found:
-                try:
-                    client.remove_volume(volume["Name"])
-                    logger.info("Removed volume %s", volume["Name"])
-                except docker.errors.APIError as exc:
-                    logger.warning("Could not remove volume %s: %s", volume["Name"], exc)
-    finally:
-        client.close()
-    return removed
-
-
 async def _start_container(client: Any, launch: Launch, spec: dict[str, Any]) -> DockerContainer:
-    docker = _docker_module()
+    docker = docker_module()
     user = f"{spec['name']}"
 
-    await _acquire_network(client, spec["network"], {LABEL_STACK: spec["labels"][LABEL_STACK]}, user)
+    await acquire_network(client, spec["network"], {LABEL_STACK: spec["labels"][LABEL_STACK]}, user)
     gateway = None
     try:
         if spec["host_ports"]:
             gateway = await asyncio.to_thread(host_gateway_address, client)
             for port in spec["host_ports"]:
-                await _acquire_forwarder(gateway, port, user)
+                await acquire_forwarder(gateway, port, user)
 
         await asyncio.to_thread(_ensure_volumes, client, spec)
         await asyncio.to_thread(_remove_stale_container, client, spec["name"])
@@ -710,13 +432,13 @@ async def _start_container(client: Any, launch: Launch, spec: dict[str, Any]) ->
         try:
             await asyncio.to_thread(client.start, container_id)
         except docker.errors.APIError as exc:
-            await asyncio.to_thread(_remove_container, client, container_id)
+            await asyncio.to_thread(remove_container, client, container_id)
             raise _start_error(launch, spec, exc) from exc
     except BaseException:
         for port in spec["host_ports"]:
             if gateway:
-                await _release_forwarder(gateway, port, user)
-        await _release_network(client, spec["network"], user)
+                await release_forwarder(gateway, port, user)
+        await release_network(client, spec["network"], user)
         raise
 
     details = await asyncio.to_thread(client.inspect_container, container_id)
@@ -776,7 +498,7 @@ class DockerContainer(Running):
         self._release()
 
     def _wait_in_thread(self) -> None:
-        docker = _docker_module()
+        docker = docker_module()
         client = engine_client(timeout=None)
         try:
             code = int(client.wait(self.container_id)["StatusCode"])
@@ -803,7 +525,7 @@ class DockerContainer(Running):
 
     async def stop(self, timeout: float = 10.0) -> int | None:
         """Send SIGTERM (or the image's STOPSIGNAL), kill after `timeout` seconds, then remove the container."""
-        docker = _docker_module()
+        docker = docker_module()
 
         if not self._exit.done():
             try:
@@ -824,7 +546,7 @@ class DockerContainer(Running):
 
     async def probe(self) -> bool | None:
         """Report the container's HEALTHCHECK status: True when healthy, None when the image has none."""
-        docker = _docker_module()
+        docker = docker_module()
         try:
             details = await asyncio.to_thread(self.client.inspect_container, self.container_id)
         except docker.errors.NotFound:
@@ -855,17 +577,17 @@ class DockerContainer(Running):
 
     async def _remove_and_release(self) -> None:
         """Remove the container, then give up this container's share of the network and forwarders."""
-        docker = _docker_module()
+        docker = docker_module()
         try:
-            await asyncio.to_thread(_remove_container, self.client, self.container_id)
+            await asyncio.to_thread(remove_container, self.client, self.container_id)
             logger.info("Removed container %s of `%s`", self.name, self.launch.name)
         except docker.errors.APIError as exc:
             logger.warning("Could not remove container %s of `%s`: %s", self.name, self.launch.name, exc)
 
         if self._gateway:
             for port in self.spec["host_ports"]:
-                await _release_forwarder(self._gateway, port, self.name)
-        await _release_network(self.client, self.spec["network"], self.name)
+                await release_forwarder(self._gateway, port, self.name)
+        await release_network(self.client, self.spec["network"], self.name)
 
 
 def _published_ports(details: dict[str, Any], launch: Launch, spec: dict[str, Any]) -> dict[str, int]:
