@@ -353,9 +353,10 @@ def _stream_logs(container_id: str, stream: str, loop: asyncio.AbstractEventLoop
             container_id, stdout=stream == "stdout", stderr=stream == "stderr", stream=True, follow=True
         )
         for line in _split_lines(chunks):
-            if loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(_emit, on_output, stream, line)
+            except RuntimeError:  # the event loop was closed: nobody is left to read the output
                 return
-            loop.call_soon_threadsafe(_emit, on_output, stream, line)
     except docker.errors.NotFound:
         pass
     except docker.errors.DockerException as exc:
@@ -513,7 +514,7 @@ class DockerContainer(Running):
         # Deliver the last console lines before the exit code, so dependents see complete logs.
         for thread in self._log_threads:
             thread.join(timeout=10)
-        if not self._loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # the event loop was closed: nobody waits any more
             self._loop.call_soon_threadsafe(self._set_exit, code)
 
     def _set_exit(self, code: int) -> None:

@@ -269,3 +269,9 @@ def test_kubernetes_lone_one_shot_becomes_job(tmp_path, project):
     assert list(jobs) == ["migrate"]
     validate(jobs["migrate"])
     assert jobs["migrate"]["spec"]["template"]["spec"]["initContainers"][0]["name"] == "wait-db"
+
+
+def test_kubernetes_warns_about_host_addresses(shop, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="homunculy_nb.publish"):
+        publish(shop.stack, "kubernetes", tmp_path / "k8s")
+    assert any("`shop-api` reaches the host through host.docker.internal" in message for message in caplog.messages)
