@@ -71,6 +71,8 @@ def add_pgadmin(stack: Any, port: int | None = DEFAULT_PORT, runtime: str | None
 
 
 def _container(stack: Any, port: int | None) -> Any:
+    # NOTE: no registry was reachable where this was written, so the image's entrypoint contract
+    # (PGADMIN_* variables, /entrypoint.sh, servers.json loaded in desktop mode) is untested here.
     password = stack.parameters.get("pgadmin-password") or stack.add_parameter(
         "pgadmin-password", secret=True, generate=True)
     container = (

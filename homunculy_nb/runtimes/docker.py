@@ -70,6 +70,11 @@ from homunculy_nb.runtimes.docker_network import (
     release_network,
 )
 
+__all__ = [
+    "LABEL_RESOURCE", "LABEL_RUN_ID", "LABEL_STACK", "DockerContainer", "DockerRuntime", "check_engine",
+    "container_spec", "engine_client", "network_name", "remove_stack", "volume_name",
+]
+
 logger = logging.getLogger(__name__)
 
 _HOST_PORT_PATTERN = re.compile(re.escape(HOST_ALIAS) + r":(\d{1,5})\b")

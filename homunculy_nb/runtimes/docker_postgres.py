@@ -36,6 +36,8 @@ HEALTH_TEST = [
 PROBE_QUERIES = 3
 
 
+# NOTE: tests run a stand-in built from Debian's PostgreSQL 15 with the official entrypoint's contract,
+# because no registry is reachable there; the official image itself is untested.
 def container_launch(launch: Launch) -> Launch:
     """Translate a PostgreSQL launch into the container launch for the official image."""
     options = launch.options

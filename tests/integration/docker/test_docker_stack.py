@@ -299,3 +299,24 @@ def test_postgres_on_docker_serves_host_and_containers(engine, postgres_image, m
     with psycopg.connect(host="127.0.0.1", port=port, user="postgres", password="docker-pg-pw-1",
                          dbname="orders") as connection:
         assert connection.execute("SELECT name FROM items").fetchall() == [("kept",)]
+
+
+def test_declared_health_check_and_restart(engine, httpd_image, make_stack, stack_name):
+    stack = make_stack()
+    web = (
+        stack.add_container("web", httpd_image)
+        .with_http_endpoint(target_port=80)
+        .with_http_health_check("/index.html")
+    )
+    stack.up(timeout=180)
+    first = containers_of(engine, stack_name)
+    port = web.endpoints["http"].allocated.port
+
+    stack.restart("web", timeout=180)
+
+    assert status_of(stack, "web")["state"] == "Healthy"
+    second = containers_of(engine, stack_name)
+    assert len(second) == 1
+    assert second[0]["Id"] != first[0]["Id"]
+    assert web.endpoints["http"].allocated.port == port
+    assert httpx.get(f"http://127.0.0.1:{port}/index.html", timeout=10).text == "hello from httpd\n"
