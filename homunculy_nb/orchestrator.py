@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 LOG_BUFFER = 100_000       # console lines kept in memory per stack
 ERROR_TAIL = 20            # last lines of a resource shown in a startup error
 HEALTH_POLL_FIRST = 0.02   # seconds between health probes right after start, growing to HEALTH_POLL_MAX
-HEALTH_POLL_MAX = 0.25
+HEALTH_POLL_MAX = 0.1
 HEALTH_POLL_HEALTHY = 2.0  # seconds between probes once healthy
 
 
@@ -96,7 +96,7 @@ class ResourceEvent:
 
 
 class ResourceRun:
-    """What the orchestrator knows about one resource at run time."""
+    """The run-time record of one resource: state, health, process handle, exit code, recent lines."""
 
     def __init__(self, resource: Resource) -> None:
         self.resource = resource
@@ -495,7 +495,8 @@ class Orchestrator:
             "bind_mounts": list(getattr(resource, "bind_mounts", [])),
             "volumes": list(getattr(resource, "volumes", [])),
             "entrypoint": getattr(resource, "entrypoint", None),
-            "args": args,
+            "args": args or None,
+            "run_id": self.run_id,
             "dockerfile": getattr(resource, "dockerfile", None),
             "network": f"homunculy-nb-{self.stack.name}",
             "labels": {"homunculy-nb.stack": self.stack.name, "homunculy-nb.resource": resource.name,
@@ -844,6 +845,7 @@ class Orchestrator:
         if self._launcher is not None:
             self._write_state()
             stop_orphans(self.state_dir)
+        await self._remove_stack_leftovers(volumes)
         if volumes:
             import shutil
 
@@ -853,20 +855,37 @@ class Orchestrator:
                     shutil.rmtree(self.state_dir.volume(volume), ignore_errors=True)
         self._launcher = None
 
+    async def _remove_stack_leftovers(self, volumes: bool) -> None:
+        """Let runtimes with stack-wide objects (the Docker network, named volumes) remove them."""
+        for key, runtime in self._runtimes.items():
+            remove_stack = getattr(runtime, "remove_stack", None)
+            if remove_stack is None:
+                continue
+            try:
+                await asyncio.to_thread(remove_stack, self.stack.name, volumes=volumes)
+            except Exception as exc:  # noqa: BLE001 - the processes are stopped; report what is left
+                logger.warning("The %s runtime failed to remove what stack `%s` left: %s", key, self.stack.name, exc)
+
     async def start_async(self, name: str, timeout: float | None = 120.0) -> None:
         """Start one resource (an explicit-start one, or one that stopped) and wait until it is ready."""
         run = self._run(name)
         if run.state in ACTIVE or (run.task is not None and not run.task.done()):
             raise StateError(f"Cannot start `{name}` while it is {run.state.value}.")
 
+        # A server's databases follow it, so they start again with it.
+        runs = [run] + [other for other in self.runs.values()
+                        if other.resource.kind == "database" and other.resource.parent is run.resource
+                        and other.state not in ACTIVE and not (other.task and not other.task.done())]
+
         self._check_cycles()
         self._allocate_ports(list(self.stack.resources.values()))
-        self._preflight([run])
+        self._preflight(runs)
         self._prepare()
-        run.last_error = None
-        run.state = S.NOT_STARTED
-        run.task = asyncio.ensure_future(self._run_resource(run))
-        await self._wait_ready([run], timeout)
+        for selected in runs:
+            selected.last_error = None
+            selected.state = S.NOT_STARTED
+            selected.task = asyncio.ensure_future(self._run_resource(selected))
+        await self._wait_ready(runs, timeout)
 
     async def stop_async(self, name: str, timeout: float = 10.0) -> None:
         """Stop one resource."""

@@ -20,18 +20,21 @@ from homunculy_nb.runtimes.base import Launch, OutputCallback, Running, Runtime,
 
 logger = logging.getLogger(__name__)
 
-# Longest console line kept whole; longer lines are split.
+# Maximum length in bytes of a console line kept whole; longer lines are split.
 LINE_LIMIT = 1 << 20
 # Seconds to wait for the group to die after SIGKILL before giving up.
 KILL_GRACE = 5.0
 
 
 def process_start_time(pid: int) -> float | None:
-    """Return the start time of `pid` (seconds since the epoch), or None when it does not exist."""
+    """Return the start time of `pid` (seconds since the epoch), or None when it is gone or a zombie."""
     import psutil
 
     try:
-        return psutil.Process(pid).create_time()
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process.create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return None
 

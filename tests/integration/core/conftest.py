@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,12 +22,26 @@ def private_paths(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def make_stack(tmp_path):
+def state_root():
+    """Return a fresh directory directly under the system temporary directory, removed after the test.
+
+    Not under pytest's base directory: pytest resets that directory's group bits when a session starts,
+    which also clears the ACL that lets a PostgreSQL server run as another OS user (as root) reach its
+    data directory below it.
+    """
+    root = Path(tempfile.mkdtemp(prefix="hnb-core-"))
+    os.chmod(root, 0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def make_stack(tmp_path, state_root):
     """Return a factory of stacks with private state directories, all brought down after the test."""
     stacks: list[Stack] = []
 
     def factory(name: str = "itest", **kwargs) -> Stack:
-        kwargs.setdefault("state_dir", tmp_path / f"state-{name}-{len(stacks)}")
+        kwargs.setdefault("state_dir", state_root / f"state-{name}-{len(stacks)}")
         kwargs.setdefault("source_dir", tmp_path)
         stack = Stack(name, **kwargs)
         stacks.append(stack)

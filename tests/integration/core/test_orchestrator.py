@@ -158,10 +158,11 @@ def test_secret_masked_in_logs_status_errors_and_state(make_stack):
     secret_value = "s3cr3t-value-42"
     stack = make_stack()
     password = stack.add_parameter("password", secret=True, value=secret_value)
-    (
+    leaky = (
         stack.add_executable("leaky", "sh", ["-c", 'echo "password is $PASSWORD"; echo "{\\"pw\\": \\"$PASSWORD\\"}"; exit 1'])
         .with_environment("PASSWORD", password)
     )
+    stack.add_executable("after", "true").wait_for_completion(leaky)
 
     with pytest.raises(StartupError) as raised:
         stack.up(timeout=60)
