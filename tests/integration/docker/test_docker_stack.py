@@ -194,6 +194,9 @@ def test_down_leaves_no_container_or_network(engine, httpd_image, make_stack, st
     volume = docker_runtime.volume_name(stack_name, "cache")
     assert engine.inspect_volume(volume)["Name"] == volume
 
+    stack.down(volumes=True)
+    assert not engine.volumes(filters={"name": volume}).get("Volumes")
+
 
 def test_unreachable_engine_fails_before_start(base_image, make_stack, monkeypatch, tmp_path):
     stack = make_stack()
