@@ -22,7 +22,9 @@ Every container, network and volume carries the labels `homunculy-nb.stack`, `ho
     health_check    {"test": [...], "interval": s, "timeout": s, "retries": n, "start_period": s}
                     replacing the image's HEALTHCHECK
     host_ports      [int]: host ports on 127.0.0.1 that the container reaches via host.docker.internal;
-                    every `host.docker.internal:PORT` in the environment or args is added
+                    every `host.docker.internal:PORT` in the environment or args is added, and so are
+                    the host endpoints of the stack of `resource`
+    resource        the declared resource (optional), whose stack gives the host endpoints to forward
     stack, run_id   label values (the run id may also come as `labels["homunculy-nb.run"]`);
                     `network` defaults to "homunculy-nb-<stack>"
     labels          extra container labels
@@ -41,6 +43,7 @@ import math
 import os
 import re
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -254,13 +257,40 @@ def container_spec(launch: Launch, image: str) -> dict[str, Any]:
         "aliases": [launch.name],
         "extra_hosts": {HOST_ALIAS: "host-gateway"},
         "healthcheck": healthcheck,
-        "host_ports": _host_ports(options.get("host_ports") or [], launch.env.values(), args or []),
+        "host_ports": _host_ports(
+            [*(options.get("host_ports") or []), *_stack_host_ports(options.get("resource"))],
+            launch.env.values(), args or [],
+        ),
     }
+
+
+def _stack_host_ports(resource: Any) -> list[int]:
+    """Return the host ports of the stack's host processes and collector, which its containers may reach.
+
+    A container may be given a host process's address in parts (`DB_HOST` and `DB_PORT`), which no
+    pattern in its environment reveals, so every host endpoint of the stack is forwarded.
+    """
+    stack = getattr(resource, "stack", None)
+    if stack is None:
+        return []
+
+    ports = []
+    for other in stack.resources.values():
+        if other.runs_in_container:
+            continue
+        for endpoint in other.endpoints.values():
+            if endpoint.allocated is not None:
+                ports.append(int(endpoint.allocated.port))
+    for url in (getattr(stack.collector, "endpoints", None) or {}).values():
+        port = urllib.parse.urlsplit(str(url)).port
+        if port:
+            ports.append(port)
+    return ports
 
 
 def _host_ports(declared: list[int], *texts: Any) -> list[int]:
     """Return the declared host ports plus every `host.docker.internal:PORT` in the environment and args."""
-    ports = [int(port) for port in declared]
+    ports = list(dict.fromkeys(int(port) for port in declared))
     for group in texts:
         for text in group:
             for match in _HOST_PORT_PATTERN.finditer(str(text)):

@@ -134,8 +134,9 @@ def test_host_process_and_container_reach_each_other(engine, httpd_image, base_i
 
     (
         stack.add_container("container-client", base_image)
-        .with_reference(host_server)
-        .with_args("sh", "-c", 'wget -q -O - "$HOST_WEB_HTTP/page.txt"')
+        .with_environment("TARGET_HOST", host_server.endpoint("http").host)
+        .with_environment("TARGET_PORT", host_server.endpoint("http").port)
+        .with_args("sh", "-c", 'wget -q -O - "http://$TARGET_HOST:$TARGET_PORT/page.txt"')
         .wait_for(host_server)
     )
     fetch_container = textwrap.dedent("""\

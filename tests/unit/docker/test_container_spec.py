@@ -89,3 +89,26 @@ def test_unreachable_engine_names_docker_host(monkeypatch, tmp_path):
 def test_volume_and_network_names_are_valid():
     assert docker_runtime.volume_name("my stack", "pg/data") == "my-stack_pg-data"
     assert docker_runtime.network_name("Homunculy") == "homunculy-nb-Homunculy"
+
+
+def test_spec_forwards_host_ports_named_in_environment(tmp_path):
+    launch = make_launch(tmp_path, target_ports={"http": 80}, host_ports=[7000])
+    launch.env = {"API": "http://host.docker.internal:7001/v1", "OTHER": "host.docker.internal:7000"}
+    assert container_spec(launch, "img:1")["host_ports"] == [7000, 7001]
+
+
+def test_spec_forwards_stack_host_endpoints(tmp_path):
+    from types import SimpleNamespace
+
+    from homunculy_nb.stack import AllocatedEndpoint, Stack
+
+    stack = Stack("shop", state_dir=tmp_path / "state", source_dir=tmp_path,
+                  collector=SimpleNamespace(endpoints={"grpc": "http://127.0.0.1:14317"}))
+    host_app = stack.add_uvicorn_app("api", "shop.api:app")
+    host_app.endpoints["http"].allocated = AllocatedEndpoint("127.0.0.1", 18000)
+    container = stack.add_container("web", "img").with_http_endpoint(target_port=80)
+    container.endpoints["http"].allocated = AllocatedEndpoint("127.0.0.1", 18001)
+
+    spec = container_spec(make_launch(tmp_path, target_ports={"http": 80}, resource=container), "img:1")
+
+    assert spec["host_ports"] == [18000, 14317]
