@@ -9,7 +9,7 @@
   `python -m homunculy_nb.pgadmin serve`.
 
 The server list (servers.json) and a pgpass file are computed at launch from the stack's PostgreSQL
-servers, with addresses as pgAdmin sees them (service names from a container, 127.0.0.1 from the host).
+servers, with the addresses pgAdmin connects to (service names from a container, 127.0.0.1 from the host).
 Both reach pgAdmin through its environment, so no password is written to the stack's files; the local
 runtime stores the pgpass file with mode 0600 in pgAdmin's own data folder.
 """

@@ -390,7 +390,7 @@ def _stream_logs(container_id: str, stream: str, loop: asyncio.AbstractEventLoop
         for line in _split_lines(chunks):
             try:
                 loop.call_soon_threadsafe(_emit, on_output, stream, line)
-            except RuntimeError:  # the event loop was closed: nobody is left to read the output
+            except RuntimeError:  # the event loop was closed, so the output has no reader
                 return
     except docker.errors.NotFound:
         pass
@@ -549,7 +549,7 @@ class DockerContainer(Running):
         # Deliver the last console lines before the exit code, so dependents see complete logs.
         for thread in self._log_threads:
             thread.join(timeout=10)
-        with contextlib.suppress(RuntimeError):  # the event loop was closed: nobody waits any more
+        with contextlib.suppress(RuntimeError):  # the event loop was closed, so no caller awaits the exit code
             self._loop.call_soon_threadsafe(self._set_exit, code)
 
     def _set_exit(self, code: int) -> None:

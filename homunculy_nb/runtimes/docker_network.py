@@ -1,4 +1,4 @@
-"""What the containers of one process share: the stack network and the host port forwarders.
+"""Objects the containers of one process share: the stack network and the host port forwarders.
 
 Each is created by the first container that needs it and removed when the last one that used it is gone.
 A forwarder listens on the engine's host gateway address and relays to the same port on 127.0.0.1,
