@@ -441,13 +441,10 @@ class DockerRuntime(Runtime):
         return removed
 
     @staticmethod
-    def remove_stack(stack: str, volumes: bool = False, keep_run_id: str | None = None) -> int:
-        """Remove every container and network labelled with `stack` (and its volumes when asked).
-
-        Containers of run `keep_run_id` are spared, so a new run can clear what an old one left.
-        Returns the number of containers removed.
-        """
-        return remove_stack(stack, volumes=volumes, keep_run_id=keep_run_id)
+    def remove_stack(stack: str, volumes: bool = False, keep_run_id: str | None = None,
+                     images: bool = False) -> int:
+        """Remove every container and network labelled with `stack`; see `docker_engine.remove_stack`."""
+        return remove_stack(stack, volumes=volumes, keep_run_id=keep_run_id, images=images)
 
 
 async def _start_container(client: Any, launch: Launch, spec: dict[str, Any]) -> DockerContainer:

@@ -187,8 +187,12 @@ def remove_network_if_unused(client: Any, name: str) -> bool:
     return True
 
 
-def remove_stack(stack: str, volumes: bool = False, keep_run_id: str | None = None) -> int:
-    """Remove every container and network labelled with `stack`, and its named volumes when `volumes`."""
+def remove_stack(stack: str, volumes: bool = False, keep_run_id: str | None = None, images: bool = False) -> int:
+    """Remove every container and network labelled with `stack`; return the number of containers removed.
+
+    `volumes` also removes its named volumes, `images` the images built from its Dockerfiles.
+    Containers of run `keep_run_id` are spared, so a new run can clear what an old one left.
+    """
     docker = docker_module()
     client = engine_client()
     removed = 0
@@ -211,6 +215,14 @@ def remove_stack(stack: str, volumes: bool = False, keep_run_id: str | None = No
                     logger.info("Removed volume %s", volume["Name"])
                 except docker.errors.APIError as exc:
                     logger.warning("Could not remove volume %s: %s", volume["Name"], exc)
+
+        if images:
+            for image in client.images(filters={"label": f"{LABEL_STACK}={stack}"}):
+                try:
+                    client.remove_image(image["Id"], force=True)
+                    logger.info("Removed image %s", ", ".join(image.get("RepoTags") or [image["Id"]]))
+                except docker.errors.APIError as exc:
+                    logger.warning("Could not remove image %s: %s", image["Id"], exc)
     finally:
         client.close()
     return removed

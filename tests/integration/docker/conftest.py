@@ -107,10 +107,10 @@ def httpd_image(engine, httpd_context) -> str:
 
 @pytest.fixture
 def stack_name():
-    """A unique stack name; everything labelled with it is removed afterwards, volumes included."""
+    """A unique stack name; everything labelled with it is removed afterwards, volumes and images included."""
     name = f"test-{uuid.uuid4().hex[:10]}"
     yield name
-    docker_runtime.remove_stack(name, volumes=True)
+    docker_runtime.remove_stack(name, volumes=True, images=True)
 
 
 def free_port() -> int:
