@@ -48,7 +48,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from homunculy_nb.errors import ConfigurationError, PortInUseError, ResourceError
+from homunculy_nb.errors import ConfigurationError, PortInUseError, ResourceError, RuntimeUnavailableError
 from homunculy_nb.runtimes.base import Launch, OutputCallback, Running, Runtime
 from homunculy_nb.runtimes.docker_engine import (
     HOST_ALIAS,
@@ -382,7 +382,11 @@ def _split_lines(chunks: Iterator[bytes]) -> Iterator[str]:
 
 def _stream_logs(container_id: str, stream: str, loop: asyncio.AbstractEventLoop, on_output: OutputCallback) -> None:
     docker = docker_module()
-    client = engine_client(timeout=None)
+    try:
+        client = engine_client(timeout=None)
+    except RuntimeUnavailableError as exc:
+        logger.warning("Cannot stream the logs of container %s: %s", container_id[:12], exc)
+        return
     try:
         chunks = client.logs(
             container_id, stdout=stream == "stdout", stderr=stream == "stderr", stream=True, follow=True
@@ -532,16 +536,20 @@ class DockerContainer(Running):
 
     def _wait_in_thread(self) -> None:
         docker = docker_module()
-        client = engine_client(timeout=None)
+        code = -1
         try:
-            code = int(client.wait(self.container_id)["StatusCode"])
-        except docker.errors.NotFound:
-            code = -1
-        except docker.errors.DockerException as exc:
+            client = engine_client(timeout=None)
+        except RuntimeUnavailableError as exc:
             logger.warning("Waiting for container %s failed: %s", self.name, exc)
-            code = -1
-        finally:
-            client.close()
+        else:
+            try:
+                code = int(client.wait(self.container_id)["StatusCode"])
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.DockerException as exc:
+                logger.warning("Waiting for container %s failed: %s", self.name, exc)
+            finally:
+                client.close()
 
         # Deliver the last console lines before the exit code, so dependents see complete logs.
         for thread in self._log_threads:
@@ -614,13 +622,17 @@ class DockerContainer(Running):
         try:
             await asyncio.to_thread(remove_container, self.client, self.container_id)
             logger.info("Removed container %s of `%s`", self.name, self.launch.name)
-        except docker.errors.APIError as exc:
+        except docker.errors.DockerException as exc:
+            # No caller awaits this step when the container exits by itself, so its failure ends here.
             logger.warning("Could not remove container %s of `%s`: %s", self.name, self.launch.name, exc)
 
         if self._gateway:
             for port in self.spec["host_ports"]:
                 await release_forwarder(self._gateway, port, self.name)
-        await release_network(self.client, self.spec["network"], self.name)
+        try:
+            await release_network(self.client, self.spec["network"], self.name)
+        except docker.errors.DockerException as exc:
+            logger.warning("Could not remove network %s: %s", self.spec["network"], exc)
 
 
 def _published_ports(details: dict[str, Any], launch: Launch, spec: dict[str, Any]) -> dict[str, int]:
