@@ -229,7 +229,8 @@ def cmd_secrets(args: argparse.Namespace) -> int:
 def cmd_collector(args: argparse.Namespace) -> int:
     from homunculy_nb.collector import serve
 
-    serve(host=args.host, grpc_port=args.grpc_port, http_port=args.http_port, save_to=args.save_to)
+    options = {"api_key": args.api_key} if args.api_key else {}
+    serve(host=args.host, grpc_port=args.grpc_port, http_port=args.http_port, save_to=args.save_to, **options)
     return 0
 
 
@@ -290,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     collector.add_argument("--grpc-port", type=int, default=4317, help="OTLP/gRPC port (default 4317)")
     collector.add_argument("--http-port", type=int, default=4318, help="OTLP/HTTP port (default 4318)")
     collector.add_argument("--save-to", default=None, help="directory to save the telemetry to on exit")
+    collector.add_argument("--api-key", default=None,
+                           help="require this key in the x-otlp-api-key header (default: no key)")
     collector.set_defaults(handler=cmd_collector)
 
     publish = commands.add_parser("publish", help="write Docker Compose or Kubernetes files for a stack file")

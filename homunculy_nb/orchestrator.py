@@ -23,6 +23,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -118,6 +119,10 @@ class ResourceRun:
     @property
     def name(self) -> str:
         return self.resource.name
+
+
+# The orchestrator that writes each state directory's state file, by directory.
+_state_owners: weakref.WeakValueDictionary[Path, Orchestrator] = weakref.WeakValueDictionary()
 
 
 def _now() -> datetime:
@@ -296,7 +301,7 @@ class Orchestrator:
     # -- state file
 
     def _write_state(self) -> None:
-        if self._launcher is None:
+        if self._launcher is None or _state_owners.get(self.state_dir.root) is not self:
             return
         resources: dict[str, Any] = {}
         for run in self.runs.values():
@@ -323,11 +328,14 @@ class Orchestrator:
         except OSError as exc:
             logger.warning("Failed to write the state file %s: %s", self.state_dir.state_file, exc)
 
-    def _prepare(self) -> None:
+    async def _prepare(self) -> None:
         """Create the state directory, stop what a crashed launcher left, and register the exit hook."""
         if self._launcher is not None:
             return
 
+        # A newer orchestrator of the same state directory in this process (a re-run notebook cell)
+        # takes the state file over; the older one stops writing it.
+        _state_owners[self.state_dir.root] = self
         self.state_dir.prepare()
         previous = self.state_dir.read()
         other = launcher_alive(previous)
@@ -337,7 +345,7 @@ class Orchestrator:
                     f"Stack `{self.stack.name}` is already running, launched by pid {other}. Stop it there, "
                     f"or run `homunculy-nb down {self.stack.state_dir}`."
                 )
-        stopped = stop_orphans(self.state_dir)
+        stopped = await asyncio.to_thread(stop_orphans, self.state_dir)
         if stopped:
             logger.warning("Stopped resources left behind by an earlier run: %s", ", ".join(stopped))
 
@@ -571,6 +579,16 @@ class Orchestrator:
         return None
 
     async def _run_resource(self, run: ResourceRun) -> None:
+        try:
+            await self._wait_and_launch(run)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug here must still show up as the resource's state
+            logger.exception("Running `%s` failed", run.name)
+            run.last_error = self.mask(_describe_error(exc))
+            self._set_state(run, S.FAILED_TO_START if run.running is None else S.EXITED, run.last_error)
+
+    async def _wait_and_launch(self, run: ResourceRun) -> None:
         waits = self._waits(run.resource)
         if waits:
             pending = ", ".join(f"`{w.resource.name}` {'healthy' if w.condition == 'healthy' else 'completed'}"
@@ -703,9 +721,14 @@ class Orchestrator:
 
     async def _stop_run(self, run: ResourceRun, timeout: float) -> None:
         task = run.task
-        if run.state in (S.STARTING,) and task is not None:
+        if run.state == S.STARTING and task is not None:
             # Let a start in progress finish so its process is known, then stop it.
-            await self._until(lambda: True if run.state != S.STARTING else None)
+            try:
+                await self._until(lambda: True if run.state != S.STARTING else None, timeout + 60.0)
+            except asyncio.TimeoutError:
+                logger.warning("`%s` is still starting after %.0f s; cancelling its start", run.name, timeout + 60.0)
+                task.cancel()
+                await asyncio.wait([task], timeout=timeout)
 
         if run.running is not None and run.state in ACTIVE:
             run.stopping = True
@@ -759,7 +782,7 @@ class Orchestrator:
                     and not (run.task and not run.task.done())]
         self._allocate_ports(list(self.stack.resources.values()))
         self._preflight(selected)
-        self._prepare()
+        await self._prepare()
 
         for run in selected:
             run.last_error = None
@@ -843,8 +866,11 @@ class Orchestrator:
         await self._stop_many(list(self.runs), timeout)
 
         if self._launcher is not None:
+            # Anything the stop missed goes through the state file; later changes no longer rewrite it.
             self._write_state()
-            stop_orphans(self.state_dir)
+            self._launcher = None
+            if _state_owners.get(self.state_dir.root) is self:
+                await asyncio.to_thread(stop_orphans, self.state_dir)
         await self._remove_stack_leftovers(volumes)
         if volumes:
             import shutil
@@ -853,7 +879,6 @@ class Orchestrator:
                 volume = getattr(resource, "data_volume", None)
                 if volume and self.stack.runtime_for(resource) == "local":
                     shutil.rmtree(self.state_dir.volume(volume), ignore_errors=True)
-        self._launcher = None
 
     async def _remove_stack_leftovers(self, volumes: bool) -> None:
         """Let runtimes with stack-wide objects (the Docker network, named volumes) remove them."""
@@ -880,7 +905,7 @@ class Orchestrator:
         self._check_cycles()
         self._allocate_ports(list(self.stack.resources.values()))
         self._preflight(runs)
-        self._prepare()
+        await self._prepare()
         for selected in runs:
             selected.last_error = None
             selected.state = S.NOT_STARTED

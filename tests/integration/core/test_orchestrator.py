@@ -361,3 +361,20 @@ def test_up_again_after_down(make_stack):
 
     assert stack.status().set_index("name").loc["web", "state"] == "Healthy"
     assert web.url().startswith("http://127.0.0.1:")
+
+
+def test_health_check_turns_unhealthy_and_back(make_stack):
+    healthy = {"value": True}
+    stack = make_stack()
+    stack.add_executable("svc", "sleep", ["60"]).with_health_check(lambda: healthy["value"], name="flag")
+    stack.up(timeout=60)
+
+    healthy["value"] = False
+    until_state(stack, "svc", "Unhealthy")
+    healthy["value"] = True
+    until_state(stack, "svc", "Healthy")
+
+    events = stack.events()
+    unhealthy = events[(events.resource == "svc") & (events.state == "Unhealthy")]
+    assert "check flag returned False" in unhealthy.message.iloc[0]
+    assert stack.status().set_index("name").loc["svc", "health"] == "Healthy"

@@ -232,3 +232,43 @@ def test_atexit_stops_stack_on_normal_exit(tmp_path, state_root):
     grandchild = int((tmp_path / "grandchild.pid").read_text())
     assert wait_gone([pid, grandchild], timeout=5) == []
     assert not (state_dir / "state.json").exists()
+
+
+def test_cli_up_failure_exits_nonzero_and_cleans_up(tmp_path, state_root):
+    state_dir = state_root / "state"
+    stack_file = tmp_path / "failing_stack.py"
+    stack_file.write_text(textwrap.dedent(f"""
+        from homunculy_nb.stack import Stack
+
+        stack = Stack("cli-fail", state_dir={str(state_dir)!r})
+        job = stack.add_executable("job", "sh", ["-c", "echo cannot connect >&2; exit 4"])
+        stack.add_executable("app", "sleep", ["300"]).wait_for_completion(job)
+    """))
+
+    result = subprocess.run([sys.executable, "-m", "homunculy_nb", "up", str(stack_file)], capture_output=True,
+                            text=True, env=child_env(), timeout=120)
+
+    assert result.returncode == 1
+    assert "Resource `job` exited" in result.stderr
+    assert "cannot connect" in result.stderr
+    assert not (state_dir / "state.json").exists()
+
+
+def test_cli_logs_follow_prints_new_lines(tmp_path, make_stack):
+    stack = make_stack("follow")
+    stack.add_executable("ticker", "sh", ["-c", "for i in 1 2 3 4 5 6 7 8 9 10; do echo tick-$i; sleep 0.2; done; sleep 60"])
+    stack.up(timeout=60)
+    follow = subprocess.Popen([sys.executable, "-m", "homunculy_nb", "logs", "ticker", "-f", "--stack", str(stack.state_dir)],
+                              stdout=subprocess.PIPE, text=True, env=child_env())
+    try:
+        seen = []
+        deadline = time.monotonic() + 60
+        while "tick-10" not in "".join(seen):
+            assert time.monotonic() < deadline
+            seen.append(follow.stdout.readline())
+    finally:
+        follow.terminate()
+        follow.wait()
+        follow.stdout.close()
+
+    assert any("tick-1" in line and "stdout" in line for line in seen)
