@@ -383,6 +383,13 @@ class PostgresServer(Resource):
         self.data_volume = name or f"{self.name}-data"
         return self
 
+    def with_pgadmin(self, port: int | None = 5050, runtime: str | None = None) -> PostgresServer:
+        """Add the explicit-start `pgadmin` resource, which lists every PostgreSQL server of the stack."""
+        from homunculy_nb.pgadmin import add_pgadmin
+
+        add_pgadmin(self.stack, port=port, runtime=runtime)
+        return self
+
     def connection_string(self, database: str = "postgres") -> ReferenceExpression:
         """Return a `postgresql://` URI for `database` on this server."""
         return ReferenceExpression(

@@ -96,3 +96,11 @@ def test_published_pgadmin_has_no_password(tmp_path):
     text = (out / "docker-compose.yaml").read_text()
     assert "pw2" not in text
     assert "HNB_PGADMIN_PGPASS: ${HNB_PGADMIN_PGPASS}" in text
+
+
+def test_with_pgadmin_on_server_declares_resource(tmp_path):
+    stack, first, second = two_servers(tmp_path)
+    returned = second.with_pgadmin(port=None)
+    assert returned is second
+    assert stack.resources["pgadmin"].explicit_start is True
+    assert stack.resources["pgadmin"].endpoints["http"].port is None
