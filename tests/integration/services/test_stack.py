@@ -46,6 +46,14 @@ def build(otlp: Any, state_dir: Path, name: str, **options: Any):
     return stack
 
 
+@pytest.fixture(autouse=True)
+def secrets_home(tmp_path, monkeypatch) -> None:
+    """Keep the generated database passwords out of the user's own secrets file."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    for variable in ("PARAMETERS__OPENAI_API_KEY", "PARAMETERS__ELEVENLABS_API_KEY"):
+        monkeypatch.delenv(variable, raising=False)
+
+
 @pytest.fixture
 def state_dir() -> Iterator[Path]:
     # Outside pytest's temporary root, which is private to root while PostgreSQL may run as `postgres`.
