@@ -50,9 +50,9 @@ def homunculy_stack(source: str | os.PathLike | None = None, collector: Any = No
                     python: str = "python3.12") -> Stack:
     """Declare the Homunculy stack: two PostgreSQL servers, their migrations, the agent and management apps.
 
-    - `llm`: "auto" uses OpenAI when the `openai-api-key` parameter has a value (checked now, at
-      declaration), else a local stand-in; "local" forces the stand-in; a URL uses that OpenAI-compatible
-      server (its base, such as `http://127.0.0.1:11434/v1`).
+    - `llm`: "auto" uses OpenAI when the `openai-api-key` parameter has a value, else a local stand-in.
+      The key is checked now, at declaration. "local" forces the stand-in, and a URL selects any
+      OpenAI-compatible server by its base, such as `http://127.0.0.1:11434/v1`.
     - `tts`: "auto" uses ElevenLabs when `elevenlabs-api-key` has a value, else the local synthesizer
       ("espeak-ng" or "tone" choose one; "local" lets the agent pick).
     - `ports`: "default" binds 5433, 5434, 8000 and 8080; "auto" allocates free ports so two stacks can run
@@ -226,7 +226,7 @@ def _management_environment(manager: Resource, server: PostgresServer, password:
 
 
 class _Checkout:
-    """A checkout of the Homunculy repository: where its services, changelogs and tools are."""
+    """Paths of a Homunculy checkout: its agent project, changelogs and management service."""
 
     def __init__(self, root: Path, python: str) -> None:
         self.root = root

@@ -1,9 +1,10 @@
 """Logging and OpenTelemetry set-up shared by the reference services.
 
 Log lines are JSON objects carrying the current `trace_id` and `span_id`, so a line can be matched to
-its span. Tracing always runs through the SDK so those ids exist; spans, metrics and logs are exported
-over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or a per-signal endpoint) is set, using
-`OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc` or `http/protobuf`, the specification's default). The exporters
+its span. Tracing always runs through the SDK, so those ids exist even without a collector. Spans,
+metrics and logs are exported over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces
+endpoint) is set. `OTEL_EXPORTER_OTLP_PROTOCOL` selects `grpc` or `http/protobuf`, the specification's
+default. The exporters
 read the remaining `OTEL_*` variables (headers, service name, resource attributes, intervals) themselves.
 """
 
