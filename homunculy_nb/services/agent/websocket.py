@@ -1,6 +1,6 @@
 """The chat WebSocket: one `ChatConnection` per client, one task per turn, interruptible.
 
-Frames are read continuously while a turn streams, so a `ping` is answered mid-reply and a new
+Frames are read continuously while a turn streams, so a `ping` gets its `pong` mid-reply and a new
 `chat_request` cancels the running turn (its text and audio tasks) before the new one starts.
 """
 
@@ -82,9 +82,8 @@ class ChatConnection:
             self._outbox.put_nowait(None)
             try:
                 await writer
-            except (WebSocketDisconnect, RuntimeError):
-                # The client is gone; frames still queued cannot be delivered.
-                pass
+            except Exception as exc:  # noqa: BLE001 - the client is gone, whatever the transport raised
+                logger.debug("Frames still queued were not delivered: %r", exc)
 
     async def _dispatch(self, raw: str | bytes | None) -> None:
         try:
