@@ -59,6 +59,31 @@ def test_bad_user_body_is_400(services, body):
     assert "error" in response.json()
 
 
+@pytest.mark.parametrize("path, body, field", [
+    ("/users", {"email": "long@example.org", "name": "x" * 201}, "name"),
+    ("/users", {"email": "nul@example.org", "name": "A\x00da"}, "name"),
+    ("/agents", {"name": "x" * 201}, "name"),
+    ("/agents", {"name": "Sage", "personality": {"mood": "\x00"}}, "personality.mood"),
+])
+def test_unstorable_body_is_400(services, path, body, field):
+    response = httpx.post(api(services) + path, json=body, timeout=TIMEOUT)
+
+    assert response.status_code == 400
+    assert field in response.json()["error"]
+
+
+def test_agent_update_null_is_400(services):
+    agent = create_agent(services)
+    response = httpx.put(f"{api(services)}/agents/{agent['id']}", json={"name": None, "provider": None},
+                         timeout=TIMEOUT)
+    cleared = httpx.put(f"{api(services)}/agents/{agent['id']}", json={"system_prompt": None}, timeout=TIMEOUT)
+
+    assert response.status_code == 400
+    assert "name, provider cannot be null" in response.json()["error"]
+    assert cleared.status_code == 200
+    assert cleared.json()["name"] == "Sage"
+
+
 def test_duplicate_email_conflicts(services):
     user = create_user(services)
     body = {"email": user["email"], "name": "Again", "subscription_tier": "free"}
