@@ -33,6 +33,7 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 DOCKERIGNORE = ".git\n.venv\n**/__pycache__\n**/*.pyc\n**/node_modules\n**/.pytest_cache\n"
 # Container port of an HTTP endpoint declared with neither a port nor a target port.
 DEFAULT_HTTP_PORT = 8000
+SERVICES_PACKAGE = "homunculy_nb.services"
 
 # Placeholders are spliced in after escaping, so a `$` in a literal value cannot start a variable.
 _TOKEN = "\x00{}\x00"
@@ -202,9 +203,21 @@ def _module_path(module: str) -> Path | None:
     return Path(spec.origin)
 
 
-def _dockerfile(root: Path) -> str:
+def _extras(module: str | None) -> list[str]:
+    """Return the extras of homunculy-nb that `module` needs beyond the package's base dependencies.
+
+    The reference services import their OpenTelemetry instrumentation and MP3 encoder from the
+    `services` extra, so an image without it fails at start-up.
+    """
+    if module and (module == SERVICES_PACKAGE or module.startswith(SERVICES_PACKAGE + ".")):
+        return ["services"]
+    return []
+
+
+def _dockerfile(root: Path, extras: list[str] | None = None) -> str:
+    target = f'".[{",".join(extras)}]"' if extras else "."
     install = (
-        "RUN pip install --no-cache-dir ."
+        f"RUN pip install --no-cache-dir {target}"
         if (root / "pyproject.toml").is_file() or (root / "setup.py").is_file()
         else "RUN if [ -f requirements.txt ]; then pip install --no-cache-dir -r requirements.txt; fi"
     )
@@ -322,6 +335,7 @@ def _container_service(service: Service, resource: Any, out_dir: Path, args: lis
 
 def _python_service(stack: Any, service: Service, resource: Any, out_dir: Path,
                     dockerfiles: dict[str, str], args: list[str]) -> None:
+    module = None
     if resource.kind == "uvicorn_app":
         module = resource.app.partition(":")[0]
         source = _module_path(module) or (resource.cwd or stack.source_dir)
@@ -331,6 +345,7 @@ def _python_service(stack: Any, service: Service, resource: Any, out_dir: Path,
         service.environment["PORT"] = Value(str(port))
     elif resource.kind == "python_app":
         if resource.module:
+            module = resource.module
             root = _project_root(resource.cwd or _module_path(resource.module) or stack.source_dir)
             command = ["python", "-m", resource.module, *args]
         else:
@@ -352,7 +367,7 @@ def _python_service(stack: Any, service: Service, resource: Any, out_dir: Path,
         raise ConfigurationError(f"Resource `{resource.name}` of kind {resource.kind!r} cannot be published.")
 
     folder = f"build/{service.name}"
-    dockerfiles[f"{folder}/Dockerfile"] = _dockerfile(root)
+    dockerfiles[f"{folder}/Dockerfile"] = _dockerfile(root, _extras(module))
     # BuildKit reads `<Dockerfile>.dockerignore` beside the Dockerfile, so the project needs no change.
     dockerfiles[f"{folder}/Dockerfile.dockerignore"] = DOCKERIGNORE
     service.build = (os.path.relpath(root, out_dir), os.path.relpath(out_dir / folder / "Dockerfile", root))

@@ -98,3 +98,23 @@ def test_homunculy_kubernetes_manifests_validate(homunculy, tmp_path):
     deployment = next(obj for obj in management if obj["kind"] == "Deployment")
     init = [container["name"] for container in deployment["spec"]["template"]["spec"]["initContainers"]]
     assert init == ["wait-management-postgres", "management-migrations", "wait-homunculy-app"]
+
+
+def test_homunculy_images_install_services_extra(homunculy, tmp_path):
+    import tomllib
+
+    out = tmp_path / "compose"
+    publish(homunculy, "compose", out)
+    services = yaml.safe_load((out / "docker-compose.yaml").read_text())["services"]
+
+    for name in ("homunculy-app", "management-app"):
+        build = services[name]["build"]
+        context = (out / build["context"]).resolve()
+        dockerfile = (context / build["dockerfile"]).read_text()
+        extras = tomllib.loads((context / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+        # The services import their FastAPI instrumentation at start-up; the base dependencies lack it.
+        assert 'RUN pip install --no-cache-dir ".[services]"' in dockerfile, name
+        assert any(req.startswith("opentelemetry-instrumentation-fastapi") for req in extras["services"])
+
+    migrations = (out / "build" / "homunculy-migrations" / "Dockerfile").read_text()
+    assert "RUN pip install --no-cache-dir .\n" in migrations
