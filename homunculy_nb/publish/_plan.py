@@ -145,6 +145,13 @@ class _Resolver:
                                             f"parameter `{parameter.name}`")
         return _TOKEN.format(name)
 
+    def setting(self, name: str, default: str, description: str) -> Value | None:
+        """Return a deploy-time setting `name` with `default`, or None when another default already took it."""
+        variable = self.variables.setdefault(name, Variable(name, False, default, description))
+        if variable.secret or variable.default != default:
+            return None
+        return Value(_TOKEN.format(name), [name])
+
     def value(self, key: str, part: Any) -> Value:
         resolved = resolve_part(part, self.context)
         if isinstance(resolved, Secret):
@@ -304,7 +311,27 @@ def _service(stack: Any, resource: Any, resolver: _Resolver, out_dir: Path, dock
 
     service.health = _health(service, resource)
     service.reaches_host = any("host.docker.internal" in value.text for value in service.environment.values())
+    _deployment_telemetry(service, resolver)
     return service
+
+
+def _deployment_telemetry(service: Service, resolver: _Resolver) -> None:
+    """Make the OTLP endpoint a deploy-time setting and drop the local run's `service.instance.id`.
+
+    The endpoint resolved here is the publishing session's collector, whose port may be ephemeral. The
+    instance id names one local launch, and every replica of a deployment would share it.
+    """
+    endpoint = service.environment.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if endpoint is not None and not endpoint.variables:
+        setting = resolver.setting("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.text,
+                                   "OTLP endpoint the services export telemetry to")
+        if setting is not None:
+            service.environment["OTEL_EXPORTER_OTLP_ENDPOINT"] = setting
+
+    attributes = service.environment.get("OTEL_RESOURCE_ATTRIBUTES")
+    if attributes is not None and not attributes.variables:
+        kept = [pair for pair in attributes.text.split(",") if pair and not pair.startswith("service.instance.id=")]
+        service.environment["OTEL_RESOURCE_ATTRIBUTES"] = Value(",".join(kept))
 
 
 def _postgres_service(service: Service, server: Any, resolver: _Resolver) -> None:
