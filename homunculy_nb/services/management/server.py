@@ -7,6 +7,7 @@ the `X-API-Key` header).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import uuid
@@ -347,7 +348,12 @@ async def _admit_and_forward(store: ManagementStore, http: httpx.AsyncClient, ag
         return JSONResponse(response, status_code=429, headers={"Retry-After": str(response["retry_after_seconds"])})
     usage_id, _ = admitted
 
-    reply = await _forward(http, agent_url, api_key, user_id, body, _agent_configuration(agent, body.configuration))
+    try:
+        reply = await _forward(http, agent_url, api_key, user_id, body, _agent_configuration(agent, body.configuration))
+    except BaseException:
+        # The user got no answer, so the request must not count against the quota.
+        await asyncio.shield(store.cancel_usage(usage_id, user_id))
+        raise
 
     metadata = reply.get("metadata") or {}
     tokens = int(metadata.get("tokens_used") or 0)

@@ -183,6 +183,27 @@ def test_chat_free_tier_429_after_limit(services):
     assert int(rejected.headers["Retry-After"]) >= 1
 
 
+def test_failed_forward_not_counted(services):
+    user = create_user(services, "free")
+    # A constraint the changelog does not have makes the agent fail on this one message.
+    marker = f"reject-{uuid.uuid4().hex[:8]}"
+    constraint = f"qa_{marker.replace('-', '_')}"
+    with psycopg.connect(services["agent_uri"], autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE messages ADD CONSTRAINT {constraint} CHECK (content NOT LIKE '%{marker}%')")
+    try:
+        failed = httpx.post(api(services) + "/chat", json={"user_id": user["id"], "message": f"say {marker}"},
+                            timeout=TIMEOUT)
+    finally:
+        with psycopg.connect(services["agent_uri"], autocommit=True) as conn:
+            conn.execute(f"ALTER TABLE messages DROP CONSTRAINT {constraint}")
+    details = httpx.get(f"{api(services)}/users/{user['id']}", timeout=TIMEOUT).json()
+
+    assert failed.status_code == 502
+    assert "error" in failed.json()
+    assert details["quota"]["used_requests_today"] == 0
+    assert details["usage"]["requests"] == 0
+
+
 def test_chat_daily_tokens_limit(services):
     user = create_user(services, "free")
     with psycopg.connect(services["management_uri"]) as conn:
