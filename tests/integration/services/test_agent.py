@@ -197,6 +197,19 @@ def test_failed_turn_ends_with_error(services):
     assert frames[-1]["message"]
 
 
+def test_health_probes_not_logged(services):
+    for _ in range(3):
+        httpx.get(services["agent"].url + "/health", timeout=TIMEOUT)
+    httpx.get(services["agent"].url + "/", timeout=TIMEOUT)
+    missing = httpx.get(services["agent"].url + "/health?probe=1", timeout=TIMEOUT)
+    lines = [json.loads(line) for line in services["agent"].log().splitlines() if line.startswith("{")]
+    access = [line["message"] for line in lines if line["logger"] == "uvicorn.access"]
+
+    assert missing.status_code == 200
+    assert not [message for message in access if "GET /health" in message]
+    assert [message for message in access if '"GET / HTTP/1.1" 200' in message]
+
+
 def test_execute_matches_schema(services):
     body = {"user_id": "exec-user", "message": "Any tips for running?", "include_audio": True,
             "configuration": {"model_name": "gpt-4o", "temperature": 0.2, "max_tokens": 12,
