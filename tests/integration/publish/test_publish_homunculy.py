@@ -118,3 +118,20 @@ def test_homunculy_images_install_services_extra(homunculy, tmp_path):
 
     migrations = (out / "build" / "homunculy-migrations" / "Dockerfile").read_text()
     assert "RUN pip install --no-cache-dir .\n" in migrations
+
+
+@pytest.mark.parametrize("ports", ["default", "auto"])
+def test_homunculy_compose_publishes_app_ports(monkeypatch, tmp_path, ports):
+    for key, value in KNOWN.items():
+        monkeypatch.setenv(key, value)
+    stack = homunculy_stack(state_dir=tmp_path / "state", ports=ports)
+    out = tmp_path / "compose"
+    publish(stack, "compose", out)
+    services = yaml.safe_load((out / "docker-compose.yaml").read_text())["services"]
+
+    # A client reaches the agent and management APIs on their usual host ports; databases stay inside.
+    assert services["homunculy-app"]["ports"] == ["8000:8000"]
+    assert services["management-app"]["ports"] == ["8080:8080"]
+    assert services["management-app"]["environment"]["SERVER_PORT"] == "8080"
+    assert services["management-app"]["environment"]["HOMUNCULY_BASE_URL"] == "http://homunculy-app:8000"
+    assert [name for name, service in services.items() if "ports" in service] == ["homunculy-app", "management-app"]
