@@ -321,8 +321,14 @@ def create_app() -> FastAPI:
         slot = (user_id, str(agent["id"]) if agent else "")
         if max_concurrent and in_flight[slot] >= max_concurrent:
             logger.warning("Concurrent request limit reached", extra={"user_id": user_id, "agent_id": slot[1]})
-            raise ApiError(429, f"The assignment allows {max_concurrent} concurrent request(s) to agent "
-                                f"{slot[1]}. Wait for the running one to finish.")
+            # Same fields as a quota 429, so a client reads one shape; the slot frees when a request ends.
+            return JSONResponse({
+                "error": f"The assignment allows {max_concurrent} concurrent request(s) to agent {slot[1]}. "
+                         "Wait for the running one to finish.",
+                "limit": "max_concurrent_requests",
+                "max": max_concurrent,
+                "used": in_flight[slot],
+            }, status_code=429)
 
         in_flight[slot] += 1
         try:

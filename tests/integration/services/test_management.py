@@ -257,9 +257,13 @@ def test_assignment_concurrency_limit(services):
             request = {"user_id": user["id"], "message": "Tell me a long story about lighthouses."}
             return await asyncio.gather(*(client.post(api(services) + "/chat", json=request) for _ in range(2)))
 
-    statuses = sorted(response.status_code for response in asyncio.run(both()))
+    responses = sorted(asyncio.run(both()), key=lambda response: response.status_code)
 
-    assert statuses == [200, 429]
+    assert [response.status_code for response in responses] == [200, 429]
+    rejected = responses[1].json()
+    assert rejected["limit"] == "max_concurrent_requests"
+    assert rejected["max"] == 1
+    assert rejected["used"] == 1
     with psycopg.connect(services["management_uri"]) as conn:
         counted = conn.execute("SELECT used_requests_today FROM user_quotas WHERE user_id = %s",
                                (user["id"],)).fetchone()[0]
