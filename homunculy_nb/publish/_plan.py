@@ -38,6 +38,8 @@ SERVICES_PACKAGE = "homunculy_nb.services"
 # Placeholders are spliced in after escaping, so a `$` in a literal value cannot start a variable.
 _TOKEN = "\x00{}\x00"
 _TOKEN_PATTERN = re.compile("\x00([A-Za-z0-9_]+)\x00")
+# A PostgreSQL URI whose password is exactly one placeholder: (scheme and user, placeholder, its name).
+_URI_PASSWORD = re.compile("^(postgres(?:ql)?://[^:/@]*):(\x00([A-Za-z0-9_]+)\x00)@")
 
 
 @dataclass
@@ -309,10 +311,30 @@ def _service(stack: Any, resource: Any, resolver: _Resolver, out_dir: Path, dock
             # The generated image has the project in /app; a host path means nothing there.
             service.environment["PYTHONPATH"] = Value(APP_DIRECTORY)
 
+    if resource.kind == "migrations":
+        _password_outside_uri(service)
+
     service.health = _health(service, resource)
     service.reaches_host = any("host.docker.internal" in value.text for value in service.environment.values())
     _deployment_telemetry(service, resolver)
     return service
+
+
+def _password_outside_uri(service: Service) -> None:
+    """Move a deploy-time password out of the migrations' `DATABASE_URI` into `PGPASSWORD`.
+
+    Compose and Kubernetes substitute a variable as it is, so a password with `@`, `:`, `/` or `#` would
+    break the URI, while libpq (and so the migrations command) reads `PGPASSWORD` when the URI has none.
+    """
+    uri = service.environment.get("DATABASE_URI")
+    if uri is None or "PGPASSWORD" in service.environment:
+        return
+    match = _URI_PASSWORD.match(uri.text)
+    if match is None:
+        return
+    text = match.group(1) + "@" + uri.text[match.end():]
+    service.environment["DATABASE_URI"] = Value(text, _TOKEN_PATTERN.findall(text))
+    service.environment["PGPASSWORD"] = Value(match.group(2), [match.group(3)])
 
 
 def _deployment_telemetry(service: Service, resolver: _Resolver) -> None:

@@ -98,6 +98,12 @@ def test_homunculy_kubernetes_manifests_validate(homunculy, tmp_path):
     deployment = next(obj for obj in management if obj["kind"] == "Deployment")
     init = [container["name"] for container in deployment["spec"]["template"]["spec"]["initContainers"]]
     assert init == ["wait-management-postgres", "management-migrations", "wait-homunculy-app"]
+    migrations = next(container for container in deployment["spec"]["template"]["spec"]["initContainers"]
+                      if container["name"] == "management-migrations")
+    env = {item["name"]: item for item in migrations["env"]}
+    assert env["PGPASSWORD"]["valueFrom"] == {
+        "secretKeyRef": {"name": "homunculy-secrets", "key": "MANAGEMENT_DB_PASSWORD"}}
+    assert "MANAGEMENT_DB_PASSWORD" not in str(env["DATABASE_URI"])
 
 
 def test_homunculy_images_install_services_extra(homunculy, tmp_path):

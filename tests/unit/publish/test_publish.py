@@ -74,9 +74,9 @@ def test_compose_references_resolve_to_service_names(shop, tmp_path):
     assert api_env["DB_HOST"] == "shop-postgres"
     assert api_env["ORDERS_URI"] == "postgresql://postgres:${SHOP_DB_PASSWORD}@shop-postgres:5432/orders"
     assert services["shop-web"]["environment"]["services__shop-api__http__0"] == "http://shop-api:8000"
-    assert services["shop-migrations"]["environment"]["DATABASE_URI"] == (
-        "postgresql://postgres:${SHOP_DB_PASSWORD}@shop-postgres:5432/orders"
-    )
+    # The password travels in PGPASSWORD, so characters such as @ or / in it cannot break the URI.
+    assert services["shop-migrations"]["environment"]["DATABASE_URI"] == "postgresql://postgres@shop-postgres:5432/orders"
+    assert services["shop-migrations"]["environment"]["PGPASSWORD"] == "${SHOP_DB_PASSWORD}"
 
 
 def test_compose_parameters_become_variables(shop, tmp_path):
