@@ -352,7 +352,8 @@ def _deployment_telemetry(service: Service, resolver: _Resolver) -> None:
 
     attributes = service.environment.get("OTEL_RESOURCE_ATTRIBUTES")
     if attributes is not None and not attributes.variables:
-        published = [pair for pair in attributes.text.split(",") if pair and not pair.startswith("service.instance.id=")]
+        pairs = attributes.text.split(",")
+        published = [pair for pair in pairs if pair and not pair.startswith("service.instance.id=")]
         service.environment["OTEL_RESOURCE_ATTRIBUTES"] = Value(",".join(published))
 
 
