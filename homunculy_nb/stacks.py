@@ -137,7 +137,21 @@ def homunculy_stack(source: str | os.PathLike | None = None, collector: Any = No
         .wait_for(agent)
     )
     _management_environment(manager, management_db_server, management_password, agent, homunculy_api_key)
+    for app in (agent, manager):
+        _expose(app, DEFAULT_PORTS[app.name])
     return stack
+
+
+def _expose(app: Resource, default_port: int) -> None:
+    """Mark the app's HTTP endpoint external, so published files map it to the contract's host port.
+
+    With allocated ports the contract's port becomes the target port, which only published files use,
+    so both `ports` choices publish the same files.
+    """
+    endpoint = app.endpoints["http"]
+    endpoint.is_external = True
+    if endpoint.port is None and endpoint.target_port is None:
+        endpoint.target_port = default_port
 
 
 def agent_telemetry_packages() -> list[str]:

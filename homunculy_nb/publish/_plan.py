@@ -33,10 +33,13 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 DOCKERIGNORE = ".git\n.venv\n**/__pycache__\n**/*.pyc\n**/node_modules\n**/.pytest_cache\n"
 # Container port of an HTTP endpoint declared with neither a port nor a target port.
 DEFAULT_HTTP_PORT = 8000
+SERVICES_PACKAGE = "homunculy_nb.services"
 
 # Placeholders are spliced in after escaping, so a `$` in a literal value cannot start a variable.
 _TOKEN = "\x00{}\x00"
 _TOKEN_PATTERN = re.compile("\x00([A-Za-z0-9_]+)\x00")
+# A PostgreSQL URI whose password is exactly one placeholder: (scheme and user, placeholder, its name).
+_URI_PASSWORD = re.compile("^(postgres(?:ql)?://[^:/@]*):(\x00([A-Za-z0-9_]+)\x00)@")
 
 
 @dataclass
@@ -144,6 +147,13 @@ class _Resolver:
                                             f"parameter `{parameter.name}`")
         return _TOKEN.format(name)
 
+    def setting(self, name: str, default: str, description: str) -> Value | None:
+        """Return a deploy-time setting `name` with `default`, or None when another default already took it."""
+        variable = self.variables.setdefault(name, Variable(name, False, default, description))
+        if variable.secret or variable.default != default:
+            return None
+        return Value(_TOKEN.format(name), [name])
+
     def value(self, key: str, part: Any) -> Value:
         resolved = resolve_part(part, self.context)
         if isinstance(resolved, Secret):
@@ -202,9 +212,21 @@ def _module_path(module: str) -> Path | None:
     return Path(spec.origin)
 
 
-def _dockerfile(root: Path) -> str:
+def _extras(module: str | None) -> list[str]:
+    """Return the extras of homunculy-nb that `module` needs beyond the package's base dependencies.
+
+    The reference services import their OpenTelemetry instrumentation and MP3 encoder from the
+    `services` extra, so an image without it fails at start-up.
+    """
+    if module and (module == SERVICES_PACKAGE or module.startswith(SERVICES_PACKAGE + ".")):
+        return ["services"]
+    return []
+
+
+def _dockerfile(root: Path, extras: list[str] | None = None) -> str:
+    target = f'".[{",".join(extras)}]"' if extras else "."
     install = (
-        "RUN pip install --no-cache-dir ."
+        f"RUN pip install --no-cache-dir {target}"
         if (root / "pyproject.toml").is_file() or (root / "setup.py").is_file()
         else "RUN if [ -f requirements.txt ]; then pip install --no-cache-dir -r requirements.txt; fi"
     )
@@ -289,9 +311,50 @@ def _service(stack: Any, resource: Any, resolver: _Resolver, out_dir: Path, dock
             # The generated image has the project in /app; a host path means nothing there.
             service.environment["PYTHONPATH"] = Value(APP_DIRECTORY)
 
+    if resource.kind == "migrations":
+        _password_outside_uri(service)
+
     service.health = _health(service, resource)
     service.reaches_host = any("host.docker.internal" in value.text for value in service.environment.values())
+    _deployment_telemetry(service, resolver)
     return service
+
+
+def _password_outside_uri(service: Service) -> None:
+    """Move a deploy-time password out of the migrations' `DATABASE_URI` into `PGPASSWORD`.
+
+    Compose and Kubernetes substitute a variable as it is, so a password with `@`, `:`, `/` or `#` would
+    break the URI, while libpq (and so the migrations command) reads `PGPASSWORD` when the URI has none.
+    """
+    uri = service.environment.get("DATABASE_URI")
+    if uri is None or "PGPASSWORD" in service.environment:
+        return
+    match = _URI_PASSWORD.match(uri.text)
+    if match is None:
+        return
+    text = match.group(1) + "@" + uri.text[match.end():]
+    service.environment["DATABASE_URI"] = Value(text, _TOKEN_PATTERN.findall(text))
+    service.environment["PGPASSWORD"] = Value(match.group(2), [match.group(3)])
+
+
+def _deployment_telemetry(service: Service, resolver: _Resolver) -> None:
+    """Make the OTLP endpoint a deploy-time setting and drop the local run's `service.instance.id`.
+
+    The endpoint resolved here is the publishing session's collector, whose port may be ephemeral. The
+    instance id names one local launch, and every replica of a deployment would share it.
+    """
+    endpoint = service.environment.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if endpoint is not None and not endpoint.variables:
+        setting = resolver.setting("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.text,
+                                   "OTLP endpoint the services export telemetry to")
+        if setting is not None:
+            service.environment["OTEL_EXPORTER_OTLP_ENDPOINT"] = setting
+
+    attributes = service.environment.get("OTEL_RESOURCE_ATTRIBUTES")
+    if attributes is not None and not attributes.variables:
+        pairs = attributes.text.split(",")
+        published = [pair for pair in pairs if pair and not pair.startswith("service.instance.id=")]
+        service.environment["OTEL_RESOURCE_ATTRIBUTES"] = Value(",".join(published))
 
 
 def _postgres_service(service: Service, server: Any, resolver: _Resolver) -> None:
@@ -322,6 +385,7 @@ def _container_service(service: Service, resource: Any, out_dir: Path, args: lis
 
 def _python_service(stack: Any, service: Service, resource: Any, out_dir: Path,
                     dockerfiles: dict[str, str], args: list[str]) -> None:
+    module = None
     if resource.kind == "uvicorn_app":
         module = resource.app.partition(":")[0]
         source = _module_path(module) or (resource.cwd or stack.source_dir)
@@ -331,6 +395,7 @@ def _python_service(stack: Any, service: Service, resource: Any, out_dir: Path,
         service.environment["PORT"] = Value(str(port))
     elif resource.kind == "python_app":
         if resource.module:
+            module = resource.module
             root = _project_root(resource.cwd or _module_path(resource.module) or stack.source_dir)
             command = ["python", "-m", resource.module, *args]
         else:
@@ -352,7 +417,7 @@ def _python_service(stack: Any, service: Service, resource: Any, out_dir: Path,
         raise ConfigurationError(f"Resource `{resource.name}` of kind {resource.kind!r} cannot be published.")
 
     folder = f"build/{service.name}"
-    dockerfiles[f"{folder}/Dockerfile"] = _dockerfile(root)
+    dockerfiles[f"{folder}/Dockerfile"] = _dockerfile(root, _extras(module))
     # BuildKit reads `<Dockerfile>.dockerignore` beside the Dockerfile, so the project needs no change.
     dockerfiles[f"{folder}/Dockerfile.dockerignore"] = DOCKERIGNORE
     service.build = (os.path.relpath(root, out_dir), os.path.relpath(out_dir / folder / "Dockerfile", root))

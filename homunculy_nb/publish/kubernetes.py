@@ -38,7 +38,8 @@ def write(plan: Plan, out_dir: Path) -> list[Path]:
         if service.reaches_host:
             service.notes.append(
                 f"`{service.name}` reaches the host through host.docker.internal, which a cluster does not "
-                f"resolve. Edit {service.name}-config to point it at a Service in the cluster."
+                f"resolve. Edit {service.name}-config or {dns_name(plan.stack_name)}-parameters to point it at a "
+                "Service in the cluster."
             )
     for file_name, documents in files.items():
         path = out_dir / file_name

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
 _PROTOCOLS = ("grpc", "http/protobuf")
+HEALTH_PATHS = ("/health", "/api/v1/health")
 SHUTDOWN_TIMEOUT = 3.0
 
 
@@ -116,6 +117,24 @@ def configure_logging(service: str) -> None:
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers = []
         uvicorn_logger.propagate = True
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(existing, HealthProbeFilter) for existing in access.filters):
+        access.addFilter(HealthProbeFilter())
+
+
+class HealthProbeFilter(logging.Filter):
+    """Drop uvicorn's access lines for successful health checks, which a launcher probes every few seconds.
+
+    Failed health checks are kept.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # uvicorn's access record arguments: client address, method, path with query, HTTP version, status.
+        args = record.args
+        if not isinstance(args, tuple) or len(args) != 5:
+            return True
+        path, status = str(args[2]).partition("?")[0], args[4]
+        return not (path in HEALTH_PATHS and status == 200)
 
 
 def _otlp_protocol() -> str:

@@ -7,6 +7,7 @@ the `X-API-Key` header).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import uuid
@@ -21,11 +22,11 @@ import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from homunculy_nb import __version__
-from homunculy_nb.services._database import conninfo_from_env, describe
+from homunculy_nb.services._database import conninfo_from_env, describe, find_nul
 from homunculy_nb.services._observability import configure_logging, configure_telemetry, instrument_app
 from homunculy_nb.services.management.quotas import TIERS, cost_of
 from homunculy_nb.services.management.store import Conflict, Forbidden, ManagementStore
@@ -43,39 +44,53 @@ class ApiError(Exception):
         self.status = status
 
 
+class _Body(BaseModel):
+    """A request body stored in PostgreSQL, which cannot hold NUL characters in text or JSONB."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_nul(cls, data: Any) -> Any:
+        where = find_nul(data)
+        if where is not None:
+            raise ValueError(f"{where} contains a NUL character (\\u0000), which cannot be stored. Remove it.")
+        return data
+
+
 class Personality(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     name: str | None = None
     description: str | None = None
     traits: dict[str, Any] | None = None
-    mood: str | None = None
+    # The agent stores the mood in a VARCHAR(50) column.
+    mood: str | None = Field(default=None, max_length=50)
 
 
 class Configuration(BaseModel):
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
 
-    provider: str | None = None
-    model_name: str | None = None
+    provider: str | None = Field(default=None, max_length=50)
+    model_name: str | None = Field(default=None, max_length=100)
     system_prompt: str | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, gt=0)
     personality: Personality | None = None
 
 
-class UserCreate(BaseModel):
-    email: str = Field(min_length=3, pattern=r"^[^@\s]+@[^@\s]+$")
-    name: str = Field(min_length=1)
+# Maximum lengths are the column sizes of the service's changelog.
+class UserCreate(_Body):
+    email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    name: str = Field(min_length=1, max_length=200)
     subscription_tier: Literal["free", "premium", "enterprise"] = "free"
 
 
-class AgentCreate(BaseModel):
+class AgentCreate(_Body):
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=200)
     description: str | None = None
-    provider: str | None = None
-    model_name: str | None = None
+    provider: str | None = Field(default=None, max_length=50)
+    model_name: str | None = Field(default=None, max_length=100)
     system_prompt: str | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, gt=0)
@@ -83,7 +98,15 @@ class AgentCreate(BaseModel):
 
 
 class AgentUpdate(AgentCreate):
-    name: str | None = Field(default=None, min_length=1)  # type: ignore[assignment]
+    name: str | None = Field(default=None, min_length=1, max_length=200)  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _reject_null_required(self) -> AgentUpdate:
+        # Every column but system_prompt is NOT NULL; a null would reach PostgreSQL as a constraint error.
+        nulls = sorted(key for key in self.model_fields_set if key != "system_prompt" and getattr(self, key) is None)
+        if nulls:
+            raise ValueError(f"{', '.join(nulls)} cannot be null. Leave a field out to keep its value.")
+        return self
 
 
 class AssignmentCreate(BaseModel):
@@ -93,7 +116,7 @@ class AssignmentCreate(BaseModel):
     max_concurrent_requests: int = Field(default=1, gt=0)
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(_Body):
     user_id: uuid.UUID
     message: str = Field(min_length=1)
     agent_id: uuid.UUID | None = None
@@ -173,6 +196,12 @@ def create_app() -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the traceback after this handler; the body keeps the `{"error": ...}` shape.
+        return JSONResponse({"error": f"Internal error while handling {request.method} {request.url.path}: "
+                                      f"{type(exc).__name__}"}, status_code=500)
 
     def health() -> dict[str, str]:
         return {"status": "healthy", "service": "management-service", "version": __version__}
@@ -292,8 +321,14 @@ def create_app() -> FastAPI:
         slot = (user_id, str(agent["id"]) if agent else "")
         if max_concurrent and in_flight[slot] >= max_concurrent:
             logger.warning("Concurrent request limit reached", extra={"user_id": user_id, "agent_id": slot[1]})
-            raise ApiError(429, f"The assignment allows {max_concurrent} concurrent request(s) to agent "
-                                f"{slot[1]}. Wait for the running one to finish.")
+            # Same fields as a quota 429, so a client reads one shape; the slot frees when a request ends.
+            return JSONResponse({
+                "error": f"The assignment allows {max_concurrent} concurrent request(s) to agent {slot[1]}. "
+                         "Wait for the running one to finish.",
+                "limit": "max_concurrent_requests",
+                "max": max_concurrent,
+                "used": in_flight[slot],
+            }, status_code=429)
 
         in_flight[slot] += 1
         try:
@@ -319,7 +354,12 @@ async def _admit_and_forward(store: ManagementStore, http: httpx.AsyncClient, ag
         return JSONResponse(response, status_code=429, headers={"Retry-After": str(response["retry_after_seconds"])})
     usage_id, _ = admitted
 
-    reply = await _forward(http, agent_url, api_key, user_id, body, _agent_configuration(agent, body.configuration))
+    try:
+        reply = await _forward(http, agent_url, api_key, user_id, body, _agent_configuration(agent, body.configuration))
+    except BaseException:
+        # The user got no answer, so the request must not count against the quota.
+        await asyncio.shield(store.cancel_usage(usage_id, user_id))
+        raise
 
     metadata = reply.get("metadata") or {}
     tokens = int(metadata.get("tokens_used") or 0)

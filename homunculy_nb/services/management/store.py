@@ -282,6 +282,18 @@ class ManagementStore:
                 )
         return usage_id, quota
 
+    async def cancel_usage(self, usage_id: int, user_id: str) -> None:
+        """Take back a request that `admit` counted but that was never answered."""
+        async with await self.connect() as conn:
+            async with conn.transaction():
+                cursor = await conn.execute("DELETE FROM usage_metrics WHERE id = %s", (usage_id,))
+                if cursor.rowcount:
+                    await conn.execute(
+                        "UPDATE user_quotas SET used_requests_today = greatest(used_requests_today - 1, 0), "
+                        "updated_at = now() WHERE user_id = %s",
+                        (user_id,),
+                    )
+
     async def record_usage(self, usage_id: int, user_id: str, tokens: int, cost: Decimal) -> dict[str, Any]:
         """Add a finished request's tokens and cost; return the user's counters for today."""
         async with await self.connect() as conn:

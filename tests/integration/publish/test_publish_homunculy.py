@@ -98,3 +98,46 @@ def test_homunculy_kubernetes_manifests_validate(homunculy, tmp_path):
     deployment = next(obj for obj in management if obj["kind"] == "Deployment")
     init = [container["name"] for container in deployment["spec"]["template"]["spec"]["initContainers"]]
     assert init == ["wait-management-postgres", "management-migrations", "wait-homunculy-app"]
+    migrations = next(container for container in deployment["spec"]["template"]["spec"]["initContainers"]
+                      if container["name"] == "management-migrations")
+    env = {item["name"]: item for item in migrations["env"]}
+    assert env["PGPASSWORD"]["valueFrom"] == {
+        "secretKeyRef": {"name": "homunculy-secrets", "key": "MANAGEMENT_DB_PASSWORD"}}
+    assert "MANAGEMENT_DB_PASSWORD" not in str(env["DATABASE_URI"])
+
+
+def test_homunculy_images_install_services_extra(homunculy, tmp_path):
+    import tomllib
+
+    out = tmp_path / "compose"
+    publish(homunculy, "compose", out)
+    services = yaml.safe_load((out / "docker-compose.yaml").read_text())["services"]
+
+    for name in ("homunculy-app", "management-app"):
+        build = services[name]["build"]
+        context = (out / build["context"]).resolve()
+        dockerfile = (context / build["dockerfile"]).read_text()
+        extras = tomllib.loads((context / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+        # The services import their FastAPI instrumentation at start-up; the base dependencies lack it.
+        assert 'RUN pip install --no-cache-dir ".[services]"' in dockerfile, name
+        assert any(req.startswith("opentelemetry-instrumentation-fastapi") for req in extras["services"])
+
+    migrations = (out / "build" / "homunculy-migrations" / "Dockerfile").read_text()
+    assert "RUN pip install --no-cache-dir .\n" in migrations
+
+
+@pytest.mark.parametrize("ports", ["default", "auto"])
+def test_homunculy_compose_publishes_app_ports(monkeypatch, tmp_path, ports):
+    for key, value in KNOWN.items():
+        monkeypatch.setenv(key, value)
+    stack = homunculy_stack(state_dir=tmp_path / "state", ports=ports)
+    out = tmp_path / "compose"
+    publish(stack, "compose", out)
+    services = yaml.safe_load((out / "docker-compose.yaml").read_text())["services"]
+
+    # A client reaches the agent and management APIs on their usual host ports; databases stay inside.
+    assert services["homunculy-app"]["ports"] == ["8000:8000"]
+    assert services["management-app"]["ports"] == ["8080:8080"]
+    assert services["management-app"]["environment"]["SERVER_PORT"] == "8080"
+    assert services["management-app"]["environment"]["HOMUNCULY_BASE_URL"] == "http://homunculy-app:8000"
+    assert [name for name, service in services.items() if "ports" in service] == ["homunculy-app", "management-app"]

@@ -74,9 +74,9 @@ def test_compose_references_resolve_to_service_names(shop, tmp_path):
     assert api_env["DB_HOST"] == "shop-postgres"
     assert api_env["ORDERS_URI"] == "postgresql://postgres:${SHOP_DB_PASSWORD}@shop-postgres:5432/orders"
     assert services["shop-web"]["environment"]["services__shop-api__http__0"] == "http://shop-api:8000"
-    assert services["shop-migrations"]["environment"]["DATABASE_URI"] == (
-        "postgresql://postgres:${SHOP_DB_PASSWORD}@shop-postgres:5432/orders"
-    )
+    # The password travels in PGPASSWORD, so characters such as @ or / in it cannot break the URI.
+    assert services["shop-migrations"]["environment"]["DATABASE_URI"] == "postgresql://postgres@shop-postgres:5432/orders"
+    assert services["shop-migrations"]["environment"]["PGPASSWORD"] == "${SHOP_DB_PASSWORD}"
 
 
 def test_compose_parameters_become_variables(shop, tmp_path):
@@ -84,6 +84,17 @@ def test_compose_parameters_become_variables(shop, tmp_path):
     assert api_env["OPENAI_API_KEY"] == "${OPENAI_API_KEY}"
     assert api_env["LOGGING_LEVEL"] == "${LOG_LEVEL:-INFO}"
     assert api_env["OTEL_EXPORTER_OTLP_HEADERS"] == "${OTEL_EXPORTER_OTLP_HEADERS}"
+
+
+def test_compose_otlp_settings_for_deployment(shop, tmp_path):
+    services = read_compose_after_publish(shop, tmp_path)["services"]
+    api = services["shop-api"]
+
+    # The collector's address is the deployer's to set; a launch's instance id is not published.
+    assert api["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == (
+        "${OTEL_EXPORTER_OTLP_ENDPOINT:-http://host.docker.internal:4317}")
+    assert "service.instance.id" not in api["environment"]["OTEL_RESOURCE_ATTRIBUTES"]
+    assert api["extra_hosts"] == ["host.docker.internal:host-gateway"]
 
 
 def test_compose_escapes_literal_dollars(shop, tmp_path):
@@ -139,7 +150,8 @@ def test_env_example_lists_variables_without_values(shop, tmp_path):
     out = tmp_path / "compose"
     publish(shop.stack, "compose", out)
     assignments = [line for line in (out / ".env.example").read_text().splitlines() if not line.startswith("#")]
-    assert assignments == ["SHOP_DB_PASSWORD=", "OPENAI_API_KEY=", "LOG_LEVEL=", "OTEL_EXPORTER_OTLP_HEADERS="]
+    assert assignments == ["SHOP_DB_PASSWORD=", "OPENAI_API_KEY=", "LOG_LEVEL=", "OTEL_EXPORTER_OTLP_HEADERS=",
+                           "OTEL_EXPORTER_OTLP_ENDPOINT="]
 
 
 @pytest.mark.parametrize("target", ["compose", "kubernetes"])
@@ -247,7 +259,8 @@ def test_kubernetes_plain_settings_in_configmap(shop, tmp_path):
     config = by_kind(objects, "ConfigMap")["shop-api-config"]["data"]
     assert config["DB_HOST"] == "shop-postgres"
     assert config["PRICE_FORMAT"] == "$(amount) in $USD"
-    assert by_kind(objects, "ConfigMap")["shop-stack-parameters"]["data"] == {"LOG_LEVEL": "INFO"}
+    assert by_kind(objects, "ConfigMap")["shop-stack-parameters"]["data"] == {
+        "LOG_LEVEL": "INFO", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://host.docker.internal:4317"}
 
 
 def test_kubernetes_readiness_probe_from_http_check(shop, tmp_path):
