@@ -619,6 +619,7 @@ class Orchestrator:
 
         # The database lives as long as its server runs.
         await self._until(lambda: True if server.state not in ACTIVE else None)
+        run.health = None
         self._set_state(run, S.STOPPED if server.state == S.STOPPED else S.EXITED,
                         f"server `{server.name}` is {server.state.value}")
 
@@ -666,6 +667,8 @@ class Orchestrator:
 
         run.exit_code = code
         run.running = None
+        # A process that ended has no health any more, whatever its last probe said.
+        run.health = None
         self._close_log(run)
         if run.stopping:
             self._set_state(run, S.STOPPED, f"exit code {code}")

@@ -7,6 +7,7 @@ import socket
 import sys
 import time
 
+import pandas as pd
 import psutil
 import pytest
 
@@ -408,3 +409,17 @@ def test_up_without_wait_returns_before_ready(make_stack, tmp_path):
     assert stack.status().state.iloc[0] in ("NotStarted", "Starting", "Running")
     gate.write_text("open")
     until_state(stack, "slow", "Healthy")
+
+
+def test_killed_app_loses_its_health(make_stack):
+    stack = make_stack()
+    http_server(stack, "web")
+    stack.up(timeout=60)
+    pid = int(stack.status().pid.iloc[0])
+
+    psutil.Process(pid).kill()
+    until_state(stack, "web", "Exited")
+
+    status = stack.status().set_index("name")
+    assert pd.isna(status.loc["web", "health"])
+    assert status.loc["web", "exit_code"] == -9
