@@ -758,15 +758,37 @@ class Orchestrator:
         self._close_log(run)
 
     async def _stop_many(self, names: list[str], timeout: float) -> None:
-        """Stop `names` with every resource stopped after the resources that depend on it."""
+        """Stop `names` with every resource stopped after the resources that depend on it.
+
+        Resources that depend on each other in a cycle (two apps referencing each other, or waits that
+        `up()` rejected as a cycle) stop together, because neither can outlive the other.
+        """
         tasks: dict[str, asyncio.Task] = {}
         selected = set(names)
+        dependents = {
+            name: {other for other in selected if other != name and name in
+                   {dependency.name for dependency in self.dependencies(self.runs[other].resource)}}
+            for name in selected
+        }
+
+        def transitive_dependents(name: str) -> set[str]:
+            found: set[str] = set()
+            pending = list(dependents[name])
+            while pending:
+                other = pending.pop()
+                if other not in found:
+                    found.add(other)
+                    pending.extend(dependents[other])
+            return found
+
+        reachable = {name: transitive_dependents(name) for name in selected}
 
         async def stop_one(name: str) -> None:
-            dependents = [other for other in selected if other != name and name in
-                          {dependency.name for dependency in self.dependencies(self.runs[other].resource)}]
-            if dependents:
-                await asyncio.wait([tasks[other] for other in dependents])
+            # A dependent that this resource also leads back to is in a cycle with it, so waiting for it
+            # would wait forever.
+            first = [other for other in dependents[name] if name not in reachable[other]]
+            if first:
+                await asyncio.wait([tasks[other] for other in first])
             await self._stop_run(self.runs[name], timeout)
 
         for name in names:
