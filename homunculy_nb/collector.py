@@ -454,7 +454,11 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
         try:
             length = int(length_header)
         except ValueError:
-            raise InvalidExportError(f"Content-Length {length_header!r} is not a number.") from None
+            length = -1
+        if length < 0:
+            # A negative length would make rfile.read() wait for the sender to close the connection.
+            self.close_connection = True
+            raise InvalidExportError(f"Content-Length {length_header!r} is not a non-negative integer.")
         if length > limit:
             raise _BodyTooLarge(f"The body has {length} bytes, more than the collector's limit of {limit} bytes "
                                 "(CollectorLimits.http_body_bytes). Send smaller batches.")
@@ -472,8 +476,11 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
             try:
                 size = int(line.split(b";", 1)[0].strip(), 16)
             except ValueError:
+                size = -1
+            if size < 0:
                 self.close_connection = True
-                raise InvalidExportError(f"Invalid chunk size line {line[:40]!r} in a chunked body.") from None
+                raise InvalidExportError(f"Invalid chunk size line {line[:40]!r} in a chunked body: expected a "
+                                         "non-negative hexadecimal size.")
             if size == 0:
                 while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                     pass
