@@ -164,8 +164,13 @@ def cmd_status(args: argparse.Namespace) -> int:
                      "endpoints": ", ".join((entry.get("endpoints") or {}).values()), "pid": entry.get("pid"),
                      "exit_code": entry.get("exit_code"), "last_error": entry.get("last_error")})
 
+    # JSON has no integer type that survives a column with missing values, so pandas would print pids as
+    # floats ("1234.0"); nullable integers and empty strings keep the table readable.
+    frame = pd.DataFrame(rows).astype({"pid": "Int64", "exit_code": "Int64"})
+    text_columns = ["health", "endpoints", "last_error"]
+    frame[text_columns] = frame[text_columns].astype(object).where(frame[text_columns].notna(), "")
     print(f"Stack `{state.get('stack')}` ({state_dir.root})")
-    print(pd.DataFrame(rows).to_string(index=False))
+    print(frame.to_string(index=False, na_rep=""))
     return 0
 
 
