@@ -120,6 +120,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     state = state_dir.read()
     if not state:
         print(f"Nothing runs for {state_dir.root}.")
+        # The data directories outlive the processes, so `down --volumes` after a plain `down` still removes them.
+        if args.volumes:
+            _remove_volumes(state_dir)
         return 0
 
     # A foreground `homunculy-nb up` stops its own stack in order when asked to.
@@ -134,11 +137,18 @@ def cmd_down(args: argparse.Namespace) -> int:
     for name in stopped:
         print(f"Stopped {name}")
     if args.volumes:
-        import shutil
-
-        shutil.rmtree(state_dir.volumes_dir, ignore_errors=True)
-        print(f"Removed data directories in {state_dir.volumes_dir}")
+        _remove_volumes(state_dir)
     return 0
+
+
+def _remove_volumes(state_dir: Any) -> None:
+    import shutil
+
+    if not state_dir.volumes_dir.exists():
+        print(f"No data directories in {state_dir.volumes_dir}.")
+        return
+    shutil.rmtree(state_dir.volumes_dir, ignore_errors=True)
+    print(f"Removed data directories in {state_dir.volumes_dir}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -164,8 +174,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                      "endpoints": ", ".join((entry.get("endpoints") or {}).values()), "pid": entry.get("pid"),
                      "exit_code": entry.get("exit_code"), "last_error": entry.get("last_error")})
 
-    # JSON has no integer type that survives a column with missing values, so pandas would print pids as
-    # floats ("1234.0"); nullable integers and empty strings keep the table readable.
+    # pandas stores an integer column with a missing value as float and would print "1234.0", so the
+    # integer columns are nullable integers and missing text prints as an empty string.
     frame = pd.DataFrame(rows).astype({"pid": "Int64", "exit_code": "Int64"})
     text_columns = ["health", "endpoints", "last_error"]
     frame[text_columns] = frame[text_columns].astype(object).where(frame[text_columns].notna(), "")

@@ -33,3 +33,27 @@ def test_status_prints_integer_pids(make_stack):
     assert ".0" not in done.stdout
     assert "None" not in done.stdout
     assert "NaN" not in done.stdout
+
+
+def test_down_volumes_after_plain_down(make_stack, tmp_path):
+    stack = make_stack("volumes")
+    stack.add_executable("server", "sleep", ["300"])
+    stack.up(timeout=60)
+    volume = stack.state_dir / "volumes" / "server-data"
+    volume.mkdir(parents=True)
+    (volume / "PG_VERSION").write_text("15\n")
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "homunculy_nb", "down", str(stack.state_dir)]
+
+    plain = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120)
+
+    assert plain.returncode == 0, plain.stderr
+    assert "Stopped server" in plain.stdout
+    assert volume.exists()
+
+    with_volumes = subprocess.run(command + ["--volumes"], capture_output=True, text=True, env=environment,
+                                  timeout=120)
+
+    assert with_volumes.returncode == 0, with_volumes.stderr
+    assert "Removed data directories" in with_volumes.stdout
+    assert not volume.exists()
