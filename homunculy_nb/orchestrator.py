@@ -289,9 +289,22 @@ class Orchestrator:
 
     def _remember_secret(self, value: str) -> None:
         # Short values would mask ordinary words in logs; they are still never printed on purpose.
-        if len(value) >= 4:
-            self._secret_values.add(value)
-            self._secret_values.add(urllib.parse.quote(value, safe=""))
+        if len(value) < 4:
+            return
+
+        # Apps print a secret inside JSON logs, Python reprs and URLs too, where quotes, backslashes and
+        # non-ASCII letters appear escaped, so each escaped form is masked as well.
+        forms = {
+            value,
+            urllib.parse.quote(value, safe=""),
+            urllib.parse.quote(value),
+            urllib.parse.quote_plus(value),
+            json.dumps(value)[1:-1],
+            json.dumps(value, ensure_ascii=False)[1:-1],
+            repr(value)[1:-1],
+            ascii(value)[1:-1],
+        }
+        self._secret_values.update(form for form in forms if len(form) >= 4)
 
     def on_event(self, callback: Callable[[ResourceEvent], None]) -> Callable[[], None]:
         self._event_subscribers.append(callback)
