@@ -899,6 +899,10 @@ class Orchestrator:
             if run.state in (S.HEALTHY, S.FINISHED):
                 continue
             detail = f" ({run.health_detail})" if run.health_detail else ""
+            if run.state == S.WAITING:
+                pending = [f"`{wait.resource.name}` {'healthy' if wait.condition == 'healthy' else 'completed'}"
+                           for wait in self._waits(run.resource) if self._wait_outcome(wait) is None]
+                detail = f" for {', '.join(pending)}" if pending else ""
             lines.append(f"  `{run.name}` is {run.state.value}{detail}")
             lines.extend(f"      {line}" for line in list(run.tail)[-5:])
         lines.append("Check the health checks and logs, or pass a larger timeout to up().")
