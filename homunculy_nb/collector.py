@@ -19,6 +19,8 @@ import logging
 import os
 import signal as signals_module
 import socket
+import sys
+import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Iterable
@@ -559,6 +561,9 @@ def serve(host: str = "127.0.0.1", grpc_port: int = 4317, http_port: int = 4318,
     Signal handlers are installed only when called from the main thread; elsewhere it runs until
     KeyboardInterrupt.
     """
+    if save_to is not None:
+        _check_writable_directory(Path(save_to))
+
     stopped = threading.Event()
     collector = Collector(host, grpc_port, http_port, api_key=api_key).start()
     previous: dict[int, Any] = {}
@@ -583,7 +588,28 @@ def serve(host: str = "127.0.0.1", grpc_port: int = 4317, http_port: int = 4318,
             signals_module.signal(number, handler)
         collector.stop()
         if save_to is not None:
-            path = collector.save(save_to)
+            try:
+                path = collector.save(save_to)
+            except OSError as exc:
+                # The save can still fail here (directory removed, disk full), so the telemetry goes to a
+                # temporary directory instead of being lost.
+                fallback = tempfile.mkdtemp(prefix="homunculy-nb-telemetry-")
+                print(f"Could not save to {save_to}: {exc}. Saving to {fallback} instead.", file=sys.stderr,
+                      flush=True)
+                path = collector.save(fallback)
             counts = collector.stats()["stored"].to_dict()
             print(f"Saved {counts['spans']} spans, {counts['logs']} log records and {counts['metrics']} metric "
                   f"points to {path}.", flush=True)
+
+
+def _check_writable_directory(directory: Path) -> None:
+    """Create `directory` and check it takes files, so a bad --save-to fails now and not after the run."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise ConfigurationError(
+            f"Cannot save telemetry to {str(directory)!r}: {exc.strerror or exc}. Pass a writable directory "
+            f"to --save-to."
+        ) from exc
