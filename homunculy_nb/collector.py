@@ -389,6 +389,12 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - the base class's naming
         try:
             self._export()
+        except ConnectionError as exc:
+            # The sender went away mid-request (an app stopped while exporting, or `stop()` closing the
+            # connection), so there is no one to answer.
+            self.close_connection = True
+            logger.debug("OTLP/HTTP connection from %s closed during %s %s: %s", self.client_address[0],
+                         self.command, self.path, exc)
         except Exception as exc:
             logger.exception("The OTLP/HTTP receiver failed on %s %s", self.command, self.path)
             self._reply_error(500, "json", f"Internal collector error: {type(exc).__name__}: {exc}", close=True)
@@ -508,7 +514,13 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
         self._headers_buffer.append(b"\r\n")
         if self.command != "HEAD":
             self._headers_buffer.append(payload)
-        self.flush_headers()
+        try:
+            self.flush_headers()
+        except ConnectionError as exc:
+            self._headers_buffer = []
+            self.close_connection = True
+            logger.debug("Could not send the HTTP %d response to %s, which closed the connection: %s", status,
+                         self.client_address[0], exc)
 
     def _reply_error(self, status: int, encoding: str, message: str, close: bool = False,
                      extra_headers: dict[str, str] | None = None) -> None:

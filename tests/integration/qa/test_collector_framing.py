@@ -1,9 +1,12 @@
-"""OTLP/HTTP requests with broken framing or pathological JSON: each gets a 400, never a hang or a 500."""
+"""OTLP/HTTP requests with broken framing, pathological JSON or a vanished sender: no hang, no 500."""
 
 from __future__ import annotations
 
 import json
+import logging
 import socket
+import struct
+import time
 
 import httpx
 import pytest
@@ -67,3 +70,29 @@ def test_deeply_nested_json_is_400(collector):
     assert response.status_code == 400
     assert "too deeply" in response.json()["message"]
     assert_valid_export_succeeds(collector)
+
+
+def test_sender_reset_logs_no_traceback(collector, caplog, capfd):
+    port = int(collector.endpoints["http"].rsplit(":", 1)[1])
+    connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+    connection.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: 100\r\n\r\n{")
+    wait_until_reading(collector)
+    # Linger 0 makes close() send a TCP reset, as a killed sender's kernel does with unread data.
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    connection.close()
+
+    assert_valid_export_succeeds(collector)
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR or record.exc_info]
+    assert errors == []
+    assert "Traceback" not in capfd.readouterr().err
+    assert "HTTP 500" not in caplog.text
+
+
+def wait_until_reading(collector: Collector) -> None:
+    """Wait until the HTTP receiver has a connection open, so the request is being read."""
+    server = collector._http_server
+    deadline = time.monotonic() + 30
+    while not server._connections and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
