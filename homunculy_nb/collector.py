@@ -391,7 +391,7 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
             self._export()
         except ConnectionError as exc:
             # The sender went away mid-request (an app stopped while exporting, or `stop()` closing the
-            # connection), so there is no one to answer.
+            # connection), so no response can be sent.
             self.close_connection = True
             logger.debug("OTLP/HTTP connection from %s closed during %s %s: %s", self.client_address[0],
                          self.command, self.path, exc)
