@@ -259,13 +259,15 @@ class Collector(TelemetryQueries):
             port = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise CollectorError(
-                f"Could not bind the OTLP gRPC receiver to {address}: {exc}. Stop the process using port "
-                f"{self.grpc_port} or pass `grpc_port=0` to pick a free port."
+                f"Could not bind the OTLP gRPC receiver to {address}: {str(exc).rstrip('.')}. Stop the process "
+                f"using port {self.grpc_port} or pass `grpc_port=0` (`--grpc-port 0` on the command line) to pick "
+                "a free port."
             ) from exc
         if port == 0:
             raise CollectorError(
                 f"Could not bind the OTLP gRPC receiver to {address}. Stop the process using port "
-                f"{self.grpc_port} or pass `grpc_port=0` to pick a free port."
+                f"{self.grpc_port} or pass `grpc_port=0` (`--grpc-port 0` on the command line) to pick a free "
+                "port."
             )
         server.start()
         self._grpc_server = server
@@ -298,7 +300,8 @@ class Collector(TelemetryQueries):
         except OSError as exc:
             raise CollectorError(
                 f"Could not bind the OTLP HTTP receiver to {self.host}:{self.http_port}: {exc.strerror}. Stop "
-                f"the process using port {self.http_port} or pass `http_port=0` to pick a free port."
+                f"the process using port {self.http_port} or pass `http_port=0` (`--http-port 0` on the command "
+                "line) to pick a free port."
             ) from exc
         server.collector = self
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},

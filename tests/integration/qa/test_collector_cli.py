@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,26 @@ def test_failed_save_falls_back_to_temporary_directory(tmp_path):
     assert f"Could not save to {target}" in stderr
     assert names == ["kept"]
     assert f"Saved 1 spans, 0 log records and 0 metric points to {fallback}" in stdout
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_port_in_use_names_cli_option(transport):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    ports = {"grpc": "0", "http": "0", transport: str(port)}
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "homunculy_nb", "collector", "--grpc-port", ports["grpc"], "--http-port",
+             ports["http"]],
+            capture_output=True, text=True, env=environment, timeout=60,
+        )
+    finally:
+        holder.close()
+
+    assert done.returncode == 1
+    assert f"127.0.0.1:{port}" in done.stderr
+    assert f"`--{transport}-port 0` on the command line" in done.stderr
+    assert ".." not in done.stderr.splitlines()[-1]
