@@ -204,14 +204,42 @@ def cmd_logs(args: argparse.Namespace) -> int:
             return 0
 
         try:
-            while True:
-                line = handle.readline()
-                if line:
-                    _print_log_line(line)
-                else:
-                    time.sleep(0.2)
+            _follow(path, handle)
         except KeyboardInterrupt:
             return 0
+    return 0
+
+
+def _follow(path: Path, handle: Any) -> None:
+    """Print lines appended to the log file until interrupted.
+
+    A new launch of the stack rewrites the file from the start, so a file shorter than what was read,
+    or a new file at the path, is read again from its first line. A line is printed once it is complete.
+    """
+    partial = ""
+    while True:
+        chunk = handle.readline()
+        if chunk:
+            partial += chunk
+            if partial.endswith("\n"):
+                _print_log_line(partial)
+                partial = ""
+            continue
+
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            time.sleep(0.2)
+            continue
+        if current.st_ino != os.fstat(handle.fileno()).st_ino:
+            handle.close()
+            handle = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 - reopened in the loop
+            partial = ""
+        elif current.st_size < handle.buffer.tell():
+            handle.seek(0)
+            partial = ""
+        else:
+            time.sleep(0.2)
 
 
 def _print_log_line(raw: str) -> None:
