@@ -97,7 +97,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, request_stop)
     try:
         stack.up(timeout=args.timeout, progress=True)
-        print(stack.status()[["name", "type", "state", "endpoints", "pid"]].to_string(index=False))
+        # Keep printing state changes, so a resource that exits after up() returned is not missed.
+        stack.on_event(_print_event)
+        status = stack.status()
+        print(status[["name", "type", "state", "endpoints", "pid"]].to_string(index=False))
+        # A resource without a health check counts as healthy once started, so one that crashes at once
+        # can already have exited here.
+        for row in status[status["state"].isin(["Exited", "FailedToStart"])].itertuples():
+            print(f"warning: `{row.name}` is {row.state}: {str(row.last_error).rstrip('.')}. See "
+                  f"`homunculy-nb logs {row.name}`.",
+                  file=sys.stderr, flush=True)
         print("The stack is up. Press Ctrl+C to stop it.", file=sys.stderr, flush=True)
 
         if not args.no_logs:
@@ -111,6 +120,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         stack.down()
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _print_event(event: Any) -> None:
+    message = f": {event.message}" if event.message else ""
+    print(f"{event.time:%H:%M:%S} {event.resource:<28} {event.state.value}{message}", file=sys.stderr, flush=True)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
