@@ -97,7 +97,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, request_stop)
     try:
         stack.up(timeout=args.timeout, progress=True)
-        print(stack.status()[["name", "type", "state", "endpoints", "pid"]].to_string(index=False))
+        # Keep printing state changes, so a resource that exits after up() returned is not missed.
+        stack.on_event(_print_event)
+        status = stack.status()
+        print(status[["name", "type", "state", "endpoints", "pid"]].to_string(index=False))
+        # A resource without a health check counts as healthy once started, so one that crashes at once
+        # can already have exited here.
+        for row in status[status["state"].isin(["Exited", "FailedToStart"])].itertuples():
+            print(f"warning: `{row.name}` is {row.state}: {str(row.last_error).rstrip('.')}. See "
+                  f"`homunculy-nb logs {row.name}`.",
+                  file=sys.stderr, flush=True)
         print("The stack is up. Press Ctrl+C to stop it.", file=sys.stderr, flush=True)
 
         if not args.no_logs:
@@ -113,6 +122,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_event(event: Any) -> None:
+    message = f": {event.message}" if event.message else ""
+    print(f"{event.time:%H:%M:%S} {event.resource:<28} {event.state.value}{message}", file=sys.stderr, flush=True)
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     from homunculy_nb.state import StateDir, launcher_alive, stop_orphans
 
@@ -120,6 +134,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     state = state_dir.read()
     if not state:
         print(f"Nothing runs for {state_dir.root}.")
+        # The data directories outlive the processes, so `down --volumes` after a plain `down` still removes them.
+        if args.volumes:
+            _remove_volumes(state_dir)
         return 0
 
     # A foreground `homunculy-nb up` stops its own stack in order when asked to.
@@ -134,11 +151,18 @@ def cmd_down(args: argparse.Namespace) -> int:
     for name in stopped:
         print(f"Stopped {name}")
     if args.volumes:
-        import shutil
-
-        shutil.rmtree(state_dir.volumes_dir, ignore_errors=True)
-        print(f"Removed data directories in {state_dir.volumes_dir}")
+        _remove_volumes(state_dir)
     return 0
+
+
+def _remove_volumes(state_dir: Any) -> None:
+    import shutil
+
+    if not state_dir.volumes_dir.exists():
+        print(f"No data directories in {state_dir.volumes_dir}.")
+        return
+    shutil.rmtree(state_dir.volumes_dir, ignore_errors=True)
+    print(f"Removed data directories in {state_dir.volumes_dir}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -164,8 +188,13 @@ def cmd_status(args: argparse.Namespace) -> int:
                      "endpoints": ", ".join((entry.get("endpoints") or {}).values()), "pid": entry.get("pid"),
                      "exit_code": entry.get("exit_code"), "last_error": entry.get("last_error")})
 
+    # pandas stores an integer column with a missing value as float and would print "1234.0", so the
+    # integer columns are nullable integers and missing text prints as an empty string.
+    frame = pd.DataFrame(rows).astype({"pid": "Int64", "exit_code": "Int64"})
+    text_columns = ["health", "endpoints", "last_error"]
+    frame[text_columns] = frame[text_columns].astype(object).where(frame[text_columns].notna(), "")
     print(f"Stack `{state.get('stack')}` ({state_dir.root})")
-    print(pd.DataFrame(rows).to_string(index=False))
+    print(frame.to_string(index=False, na_rep=""))
     return 0
 
 
@@ -189,14 +218,42 @@ def cmd_logs(args: argparse.Namespace) -> int:
             return 0
 
         try:
-            while True:
-                line = handle.readline()
-                if line:
-                    _print_log_line(line)
-                else:
-                    time.sleep(0.2)
+            _follow(path, handle)
         except KeyboardInterrupt:
             return 0
+    return 0
+
+
+def _follow(path: Path, handle: Any) -> None:
+    """Print lines appended to the log file until interrupted.
+
+    A new launch of the stack rewrites the file from the start, so a file shorter than what was read,
+    or a new file at the path, is read again from its first line. A line is printed once it is complete.
+    """
+    partial = ""
+    while True:
+        chunk = handle.readline()
+        if chunk:
+            partial += chunk
+            if partial.endswith("\n"):
+                _print_log_line(partial)
+                partial = ""
+            continue
+
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            time.sleep(0.2)
+            continue
+        if current.st_ino != os.fstat(handle.fileno()).st_ino:
+            handle.close()
+            handle = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 - reopened in the loop
+            partial = ""
+        elif current.st_size < handle.buffer.tell():
+            handle.seek(0)
+            partial = ""
+        else:
+            time.sleep(0.2)
 
 
 def _print_log_line(raw: str) -> None:

@@ -19,6 +19,8 @@ import logging
 import os
 import signal as signals_module
 import socket
+import sys
+import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Iterable
@@ -257,13 +259,15 @@ class Collector(TelemetryQueries):
             port = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise CollectorError(
-                f"Could not bind the OTLP gRPC receiver to {address}: {exc}. Stop the process using port "
-                f"{self.grpc_port} or pass `grpc_port=0` to pick a free port."
+                f"Could not bind the OTLP gRPC receiver to {address}: {str(exc).rstrip('.')}. Stop the process "
+                f"using port {self.grpc_port} or pass `grpc_port=0` (`--grpc-port 0` on the command line) to pick "
+                "a free port."
             ) from exc
         if port == 0:
             raise CollectorError(
                 f"Could not bind the OTLP gRPC receiver to {address}. Stop the process using port "
-                f"{self.grpc_port} or pass `grpc_port=0` to pick a free port."
+                f"{self.grpc_port} or pass `grpc_port=0` (`--grpc-port 0` on the command line) to pick a free "
+                "port."
             )
         server.start()
         self._grpc_server = server
@@ -296,7 +300,8 @@ class Collector(TelemetryQueries):
         except OSError as exc:
             raise CollectorError(
                 f"Could not bind the OTLP HTTP receiver to {self.host}:{self.http_port}: {exc.strerror}. Stop "
-                f"the process using port {self.http_port} or pass `http_port=0` to pick a free port."
+                f"the process using port {self.http_port} or pass `http_port=0` (`--http-port 0` on the command "
+                "line) to pick a free port."
             ) from exc
         server.collector = self
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
@@ -387,6 +392,12 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - the base class's naming
         try:
             self._export()
+        except ConnectionError as exc:
+            # The sender went away mid-request (an app stopped while exporting, or `stop()` closing the
+            # connection), so no response can be sent.
+            self.close_connection = True
+            logger.debug("OTLP/HTTP connection from %s closed during %s %s: %s", self.client_address[0],
+                         self.command, self.path, exc)
         except Exception as exc:
             logger.exception("The OTLP/HTTP receiver failed on %s %s", self.command, self.path)
             self._reply_error(500, "json", f"Internal collector error: {type(exc).__name__}: {exc}", close=True)
@@ -454,7 +465,11 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
         try:
             length = int(length_header)
         except ValueError:
-            raise InvalidExportError(f"Content-Length {length_header!r} is not a number.") from None
+            length = -1
+        if length < 0:
+            # A negative length would make rfile.read() wait for the sender to close the connection.
+            self.close_connection = True
+            raise InvalidExportError(f"Content-Length {length_header!r} is not a non-negative integer.")
         if length > limit:
             raise _BodyTooLarge(f"The body has {length} bytes, more than the collector's limit of {limit} bytes "
                                 "(CollectorLimits.http_body_bytes). Send smaller batches.")
@@ -472,8 +487,11 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
             try:
                 size = int(line.split(b";", 1)[0].strip(), 16)
             except ValueError:
+                size = -1
+            if size < 0:
                 self.close_connection = True
-                raise InvalidExportError(f"Invalid chunk size line {line[:40]!r} in a chunked body.") from None
+                raise InvalidExportError(f"Invalid chunk size line {line[:40]!r} in a chunked body: expected a "
+                                         "non-negative hexadecimal size.")
             if size == 0:
                 while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                     pass
@@ -499,7 +517,13 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
         self._headers_buffer.append(b"\r\n")
         if self.command != "HEAD":
             self._headers_buffer.append(payload)
-        self.flush_headers()
+        try:
+            self.flush_headers()
+        except ConnectionError as exc:
+            self._headers_buffer = []
+            self.close_connection = True
+            logger.debug("Could not send the HTTP %d response to %s, which closed the connection: %s", status,
+                         self.client_address[0], exc)
 
     def _reply_error(self, status: int, encoding: str, message: str, close: bool = False,
                      extra_headers: dict[str, str] | None = None) -> None:
@@ -552,6 +576,9 @@ def serve(host: str = "127.0.0.1", grpc_port: int = 4317, http_port: int = 4318,
     Signal handlers are installed only when called from the main thread; elsewhere it runs until
     KeyboardInterrupt.
     """
+    if save_to is not None:
+        _check_writable_directory(Path(save_to))
+
     stopped = threading.Event()
     collector = Collector(host, grpc_port, http_port, api_key=api_key).start()
     previous: dict[int, Any] = {}
@@ -576,7 +603,28 @@ def serve(host: str = "127.0.0.1", grpc_port: int = 4317, http_port: int = 4318,
             signals_module.signal(number, handler)
         collector.stop()
         if save_to is not None:
-            path = collector.save(save_to)
+            try:
+                path = collector.save(save_to)
+            except OSError as exc:
+                # The save can still fail here (directory removed, disk full), so the telemetry goes to a
+                # temporary directory instead of being lost.
+                fallback = tempfile.mkdtemp(prefix="homunculy-nb-telemetry-")
+                print(f"Could not save to {save_to}: {exc}. Saving to {fallback} instead.", file=sys.stderr,
+                      flush=True)
+                path = collector.save(fallback)
             counts = collector.stats()["stored"].to_dict()
             print(f"Saved {counts['spans']} spans, {counts['logs']} log records and {counts['metrics']} metric "
                   f"points to {path}.", flush=True)
+
+
+def _check_writable_directory(directory: Path) -> None:
+    """Create `directory` and check it takes files, so a bad --save-to fails now and not after the run."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise ConfigurationError(
+            f"Cannot save telemetry to {str(directory)!r}: {exc.strerror or exc}. Pass a writable directory "
+            f"to --save-to."
+        ) from exc

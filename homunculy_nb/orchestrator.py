@@ -289,9 +289,22 @@ class Orchestrator:
 
     def _remember_secret(self, value: str) -> None:
         # Short values would mask ordinary words in logs; they are still never printed on purpose.
-        if len(value) >= 4:
-            self._secret_values.add(value)
-            self._secret_values.add(urllib.parse.quote(value, safe=""))
+        if len(value) < 4:
+            return
+
+        # Apps print a secret inside JSON logs, Python reprs and URLs too, where quotes, backslashes and
+        # non-ASCII letters appear escaped, so each escaped form is masked as well.
+        forms = {
+            value,
+            urllib.parse.quote(value, safe=""),
+            urllib.parse.quote(value),
+            urllib.parse.quote_plus(value),
+            json.dumps(value)[1:-1],
+            json.dumps(value, ensure_ascii=False)[1:-1],
+            repr(value)[1:-1],
+            ascii(value)[1:-1],
+        }
+        self._secret_values.update(form for form in forms if len(form) >= 4)
 
     def on_event(self, callback: Callable[[ResourceEvent], None]) -> Callable[[], None]:
         self._event_subscribers.append(callback)
@@ -761,15 +774,37 @@ class Orchestrator:
         self._close_log(run)
 
     async def _stop_many(self, names: list[str], timeout: float) -> None:
-        """Stop `names` with every resource stopped after the resources that depend on it."""
+        """Stop `names` with every resource stopped after the resources that depend on it.
+
+        Resources that depend on each other in a cycle (two apps referencing each other, or waits that
+        `up()` rejected as a cycle) stop together, because neither can outlive the other.
+        """
         tasks: dict[str, asyncio.Task] = {}
         selected = set(names)
+        dependents = {
+            name: {other for other in selected if other != name and name in
+                   {dependency.name for dependency in self.dependencies(self.runs[other].resource)}}
+            for name in selected
+        }
+
+        def transitive_dependents(name: str) -> set[str]:
+            found: set[str] = set()
+            pending = list(dependents[name])
+            while pending:
+                other = pending.pop()
+                if other not in found:
+                    found.add(other)
+                    pending.extend(dependents[other])
+            return found
+
+        reachable = {name: transitive_dependents(name) for name in selected}
 
         async def stop_one(name: str) -> None:
-            dependents = [other for other in selected if other != name and name in
-                          {dependency.name for dependency in self.dependencies(self.runs[other].resource)}]
-            if dependents:
-                await asyncio.wait([tasks[other] for other in dependents])
+            # A dependent that this resource also leads back to is in a cycle with it, so waiting for it
+            # would wait forever.
+            first = [other for other in dependents[name] if name not in reachable[other]]
+            if first:
+                await asyncio.wait([tasks[other] for other in first])
             await self._stop_run(self.runs[name], timeout)
 
         for name in names:
@@ -867,6 +902,10 @@ class Orchestrator:
             if run.state in (S.HEALTHY, S.FINISHED):
                 continue
             detail = f" ({run.health_detail})" if run.health_detail else ""
+            if run.state == S.WAITING:
+                pending = [f"`{wait.resource.name}` {'healthy' if wait.condition == 'healthy' else 'completed'}"
+                           for wait in self._waits(run.resource) if self._wait_outcome(wait) is None]
+                detail = f" for {', '.join(pending)}" if pending else ""
             lines.append(f"  `{run.name}` is {run.state.value}{detail}")
             lines.extend(f"      {line}" for line in list(run.tail)[-5:])
         lines.append("Check the health checks and logs, or pass a larger timeout to up().")

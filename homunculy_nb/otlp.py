@@ -133,6 +133,11 @@ def parse_json(signal: str, body: bytes) -> Any:
         document = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidExportError(f"The body is not valid JSON: {exc}.") from exc
+    except RecursionError:
+        raise InvalidExportError(
+            "The JSON body nests arrays or objects too deeply to parse. OTLP/JSON needs only a few levels; "
+            "flatten nested attribute values."
+        ) from None
     if not isinstance(document, dict):
         raise InvalidExportError(
             f"The body must be a JSON object ({request_type.DESCRIPTOR.name}), got {type(document).__name__}."
