@@ -59,11 +59,11 @@ DEFAULT_CONFIGURATION: dict[str, Any] = {
     "model_name": "gpt-4o-mini",
     "personality": {
         "name": "Homunculy",
-        "description": "A friendly companion who answers briefly and plainly.",
+        "description": "a friendly companion who answers briefly and plainly",
         "traits": {"friendliness": 0.9, "curiosity": 0.7, "humor": 0.4},
         "mood": "cheerful",
     },
-    "system_prompt": "You are Homunculy, a friendly assistant. Answer in two or three sentences.",
+    "system_prompt": "Answer in two or three short sentences.",
     "temperature": 0.7,
     "max_tokens": 256,
 }
