@@ -2,7 +2,7 @@
 
 The connection and the task that receives frames live on the package's background event loop, so frames
 and keepalive pings are handled while a notebook cell is busy. Every public method has one async core
-that runs there; the synchronous methods block on it through `homunculy_nb._loop`, and the `_async`
+that runs there. The synchronous methods block on it through `homunculy_nb._loop`, and the `_async`
 twins await it from the caller's own loop. Both work inside a kernel that already runs an event loop.
 
 Errors (all `homunculy_nb.errors.ChatError`):
@@ -108,7 +108,7 @@ class ChatTimeoutError(ChatError):
 
 
 class ChatServerError(ChatError):
-    """Raised when the agent answers a request with an `error` frame; the session stays usable."""
+    """Raised when the agent responds to a request with an `error` frame; the session stays usable."""
 
     def __init__(self, message: str, code: str, server_message: str, details: Any = None,
                  turn: Turn | None = None) -> None:
@@ -148,7 +148,7 @@ def server_error(turn: Turn) -> ChatServerError:
 
 
 class ConnectionState(str, Enum):
-    """Where a `ChatClient`'s connection is in its life."""
+    """The lifecycle state of a `ChatClient`'s connection."""
 
     NEW = "new"
     OPEN = "open"
@@ -157,7 +157,7 @@ class ConnectionState(str, Enum):
 
 @dataclass(eq=False)
 class _Pending:
-    """A request sent and not yet answered with `complete`, `interrupted` or `error`."""
+    """A request whose final frame (`complete`, `interrupted` or `error`) has not arrived yet."""
 
     turn: Turn
     done: asyncio.Future[Turn]
@@ -181,8 +181,8 @@ class ChatClient:
 
     Use it as a context manager (`with` or `async with`), which connects and closes, or call `connect()`
     and `close()`. A first `send()` on a new client connects on its own. Requests carry `user_id`,
-    `configuration` and `context`; each turn is a client span whose W3C `traceparent` goes in the
-    request's `context`, and the handshake carries the `traceparent` of a connection span. Spans are
+    `configuration` and `context`. Each turn is a client span whose W3C `traceparent` goes in the
+    request's `context`. The handshake carries the `traceparent` of a separate connection span. Spans are
     exported over OTLP gRPC to `otlp_endpoint`, or to `collector.endpoints["grpc"]` when a collector is
     given; with neither they are created (for their ids) and dropped.
 
@@ -310,7 +310,7 @@ class ChatClient:
         """Send `frame` unchanged (a dict is JSON-encoded) and return the turn it starts.
 
         Meant for probing the server: a malformed frame gets `ChatProtocolError`. The frame carries no
-        `traceparent` unless it holds one.
+        `traceparent` unless it contains one.
         """
         return _loop.run(self._send_raw(frame))
 
@@ -508,7 +508,7 @@ class ChatClient:
         pending = _Pending(turn, asyncio.get_running_loop().create_future(), span,
                            queue=asyncio.Queue() if stream else None, on_event=on_event)
 
-        # Registered before the send: the reader may see the first answer frame while `send` drains.
+        # Registered before the send, because the reader may see the first response frame while `send` drains.
         self._outstanding.append(pending)
         turn._started = time.perf_counter()
         try:
@@ -543,8 +543,8 @@ class ChatClient:
         return pending.turn
 
     def _abandon(self, pending: _Pending, why: str) -> None:
-        # The agent still streams this turn; its frames keep going to it until `complete` or `interrupted`,
-        # which the next request triggers, so they never leak into the next turn.
+        # The agent still streams this turn, so its frames keep going to it until `complete` or
+        # `interrupted` arrives. The next request triggers `interrupted`, so they never leak into that turn.
         if pending.done.done() or pending.abandoned:
             return
         pending.abandoned = True
@@ -614,8 +614,8 @@ class ChatClient:
     def _error_target(self) -> _Pending | None:
         # An `error` answers the newest request when the agent has not started answering it (a rejected
         # interrupting request); otherwise it ends the turn being streamed.
-        # NOTE: if a streamed turn fails while a newer request waits unanswered, the error lands on the
-        # newer one; the protocol carries no request id to tell the two apart.
+        # NOTE: if a streamed turn fails while a newer request waits for its first frame, the error lands
+        # on the newer one. The protocol carries no request id to tell the two apart.
         if not self._outstanding:
             return None
         newest = self._outstanding[-1]
@@ -674,7 +674,7 @@ class ChatClient:
         for waiter, _ in self._pings:
             if not waiter.done():
                 waiter.set_exception(self._closed_error())
-                waiter.exception()  # marks it retrieved when nobody waits any more
+                waiter.exception()  # marks it retrieved in case no caller waits any more
         self._pings.clear()
         logger.debug("Chat connection to %s closed with code %s", self.url, self.close_code)
 
@@ -711,7 +711,7 @@ class TurnStream:
     """The events of one turn as they arrive, for `for` and for `async for`.
 
     Iteration ends after the frame that ends the turn. If that frame was an `error`, iteration then
-    raises the `ChatServerError`; a closed connection or a timeout raise as in `send()`. `turn` holds
+    raises the `ChatServerError`; a closed connection or a timeout raise as in `send()`. `turn` contains
     what arrived so far at any point.
     """
 

@@ -37,7 +37,8 @@ def test_turn_text_chunks_and_audio(chat_url):
     assert turn.text == complete["message"]
     first = turn.chunk_indexes[0]
     assert turn.chunk_indexes == list(range(first, first + len(turn.chunks)))
-    assert turn.chunks[-1].text == "" and turn.chunks[-1].is_final
+    assert turn.chunks[-1].text == ""
+    assert turn.chunks[-1].is_final
 
 
 def test_audio_equals_decoded_chunks(chat_url):

@@ -1,6 +1,6 @@
 """A small agent chat server for the chat client's tests: the WebSocket protocol, plus scripted misbehaviour.
 
-It answers like the agent (`connection_status`, text chunks numbered from 1 with an empty final chunk,
+It responds like the agent (`connection_status`, text chunks numbered from 1 with an empty final chunk,
 audio chunks with an empty final chunk, `metadata`, `complete`, `interrupted`, `pong`, `error` codes), and a
 message starting with `!` picks a script instead of the echo reply:
 
