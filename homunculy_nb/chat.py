@@ -245,7 +245,8 @@ class ChatClient:
         self._status: asyncio.Future[dict[str, Any]] | None = None
         self._outstanding: collections.deque[_Pending] = collections.deque()
         self._pings: collections.deque[tuple[asyncio.Future[float], float]] = collections.deque()
-        self._connected_at = 0.0
+        # Serializes connects, so two requests sent at once on a new client share one connection.
+        self._connect_lock = asyncio.Lock()
         self._warned: set[str] = set()
 
     @property
@@ -380,9 +381,11 @@ class ChatClient:
     # Core: everything below runs on the background loop.
 
     async def _connect(self) -> None:
-        if self._state is ConnectionState.OPEN:
-            return
+        async with self._connect_lock:
+            if self._state is not ConnectionState.OPEN:
+                await self._open()
 
+    async def _open(self) -> None:
         from websockets.asyncio.client import connect
 
         span = self._tracer.start_span("chat connect", kind=_client_kind(), attributes={"url.full": self.url})
@@ -401,7 +404,6 @@ class ChatClient:
 
         self._ws = ws
         self._state = ConnectionState.OPEN
-        self._connected_at = time.perf_counter()
         self.close_code = self.close_reason = None
         self._status = asyncio.get_running_loop().create_future()
         self._reader = asyncio.get_running_loop().create_task(self._read(ws), name=f"chat reader {self.url}")
@@ -580,6 +582,8 @@ class ChatClient:
             self._on_closed(ws)
 
     def _on_frame(self, frame: str | bytes) -> None:
+        # Timings count from the frame's arrival, before decoding, so a large frame's parse time is excluded.
+        arrived = time.perf_counter()
         event = decode_frame(frame, 0.0)
         kind = event.type if event.problem is None else None
 
@@ -589,7 +593,7 @@ class ChatClient:
                 self._status.set_result(event.data or {})
             return
         if kind == "pong":
-            self._on_pong(event)
+            self._on_pong(event, arrived)
             return
 
         pending = self._error_target() if kind == "error" else self._current()
@@ -602,7 +606,7 @@ class ChatClient:
             return
 
         turn = pending.turn
-        event = _with_elapsed(event, turn.elapsed_ms())
+        event = _with_elapsed(event, turn.elapsed_ms(arrived))
         ended = turn.apply(event)
         self._deliver(pending, event)
         if ended:
@@ -653,11 +657,11 @@ class ChatClient:
         if pending.queue is not None:
             pending.queue.put_nowait(None)
 
-    def _on_pong(self, event: ChatEvent) -> None:
+    def _on_pong(self, event: ChatEvent, arrived: float) -> None:
         while self._pings:
             waiter, sent = self._pings.popleft()
             if not waiter.done():
-                waiter.set_result((time.perf_counter() - sent) * 1000.0)
+                waiter.set_result((arrived - sent) * 1000.0)
                 return
         self.unmatched_events.append(event)
 

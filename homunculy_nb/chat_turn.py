@@ -167,9 +167,9 @@ class Turn:
             return EMPTY_RESPONSE
         return None
 
-    def elapsed_ms(self) -> float:
-        """Return the milliseconds since the request was sent."""
-        return (time.perf_counter() - self._started) * 1000.0
+    def elapsed_ms(self, at: float | None = None) -> float:
+        """Return the milliseconds from the request's send to `at` (a `time.perf_counter()` value, default now)."""
+        return ((time.perf_counter() if at is None else at) - self._started) * 1000.0
 
     def __repr__(self) -> str:
         if self.completed:

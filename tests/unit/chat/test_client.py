@@ -437,3 +437,18 @@ def test_server_connection_closed_after_close(agent, wait_until):
         assert agent.open_connections == 1
 
     assert wait_until(lambda: agent.open_connections == 0)
+
+
+def test_concurrent_first_sends_share_connection(agent):
+    async def main():
+        chat = ChatClient(agent.url)
+        try:
+            return await asyncio.gather(*(chat.send_async(f"at once {index}") for index in range(3)))
+        finally:
+            await chat.close_async()
+
+    turns = asyncio.run(main())
+
+    assert agent.total_connections == 1
+    assert sum(turn.completed for turn in turns) >= 1
+    assert all(turn.finished for turn in turns)
