@@ -11,7 +11,9 @@ conversation history grows alike. The bare loop does the protocol's minimum: ope
 `connection_status`, send each `chat_request`, parse frames until `complete`, close. The driver
 also builds turns, decodes audio, times every frame and creates a client span per turn (not
 exported unless `--collector`). Overhead is the bare loop's throughput divided by the driver's, from
-the sum of both's rounds; the target is at most 1.15 with zero errors.
+the sum of both's rounds; the target is at most 1.15 with zero errors. When the agent is the
+bottleneck that ratio mostly shows the agent, so the client process's CPU time per turn is printed
+for both loops as well.
 """
 
 from __future__ import annotations
@@ -196,21 +198,22 @@ def run_bare(url: str, sessions: int, turns: int) -> dict[str, float]:
         return await asyncio.gather(*(bare_session(url, f"{prefix}-{index}", plan[index], ttfc)
                                       for index in range(sessions)), return_exceptions=True)
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     results = asyncio.run(main())
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     completed = sum(result for result in results if isinstance(result, int))
-    return {"turns": completed, "seconds": seconds, "errors": sessions * turns - completed,
+    return {"turns": completed, "seconds": seconds, "cpu": cpu, "errors": sessions * turns - completed,
             "p50": statistics.median(ttfc) if ttfc else float("nan")}
 
 
 def run_driver(url: str, sessions: int, turns: int, collector: object | None) -> dict[str, float]:
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     frame = run_sessions(url, sessions=sessions, turns=turns, concurrency=sessions, progress=False,
                          collector=collector, timeout=1800)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     summary = summarize(frame)
-    return {"turns": int(frame["error_code"].isna().sum()), "seconds": seconds, "errors": summary.error_count,
+    return {"turns": int(frame["error_code"].isna().sum()), "seconds": seconds, "cpu": cpu,
+            "errors": summary.error_count,
             "p50": summary.timings.loc["time_to_first_chunk_ms", "p50"],
             "p95": summary.timings.loc["time_to_first_chunk_ms", "p95"],
             "p99": summary.timings.loc["time_to_first_chunk_ms", "p99"], "summary": summary}
@@ -256,7 +259,7 @@ def main() -> None:
                     result = driver_runs[-1]
                 print(f"  round {round_index + 1} {kind:6}: {result['turns']:5d} turns in {result['seconds']:6.2f} s"
                       f" = {result['turns'] / result['seconds']:7.1f} turns/s, errors {result['errors']},"
-                      f" p50 first chunk {result['p50']:.0f} ms")
+                      f" p50 first chunk {result['p50']:.0f} ms, client CPU {result['cpu']:.1f} s")
 
     if collector is not None:
         collector.stop()
@@ -265,12 +268,16 @@ def main() -> None:
     driver_rate = sum(run["turns"] for run in driver_runs) / sum(run["seconds"] for run in driver_runs)
     errors = sum(run["errors"] for run in driver_runs)
     ratio = bare_rate / driver_rate
+    bare_cpu = sum(run["cpu"] for run in bare_runs) / max(sum(run["turns"] for run in bare_runs), 1) * 1000
+    driver_cpu = sum(run["cpu"] for run in driver_runs) / max(sum(run["turns"] for run in driver_runs), 1) * 1000
     last = driver_runs[-1]
     print()
     print(f"driver throughput:          {driver_rate:.1f} turns/s")
     print(f"bare websockets throughput: {bare_rate:.1f} turns/s")
     print(f"time to first chunk (driver, last round): p50 {last['p50']:.0f} ms, p95 {last['p95']:.0f} ms, "
           f"p99 {last['p99']:.0f} ms")
+    print(f"client CPU per turn (this process, all threads): driver {driver_cpu:.2f} ms, bare loop "
+          f"{bare_cpu:.2f} ms, ratio {driver_cpu / bare_cpu:.2f}x")
     print(f"driver errors: {errors}")
     verdict = "meets" if ratio <= TARGET_RATIO and errors == 0 else "misses"
     print(f"driver overhead: {ratio:.3f}x the bare loop's time per turn ({verdict} the target of "
