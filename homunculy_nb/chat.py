@@ -10,7 +10,7 @@ Errors (all `homunculy_nb.errors.ChatError`):
 ChatError
 ├── ChatConnectionError   the WebSocket could not be opened (`url`, `cause`)
 ├── ChatClosedError       the connection closed under a turn or before a send (`code`, `reason`, `turn`)
-├── ChatTimeoutError      a turn or ping got no answer in time (`timeout`, `turn` with what arrived)
+├── ChatTimeoutError      a turn or ping got no final frame in time (`timeout`, `turn` with what arrived)
 └── ChatServerError       the agent sent an `error` frame (`code`, `message`, `details`, `turn`);
     ├── ChatRequestError  code INVALID_REQUEST: the `chat_request` fields were rejected
     └── ChatProtocolError codes INVALID_JSON, MISSING_TYPE, INVALID_MESSAGE_TYPE: the frame was not understood
@@ -184,7 +184,7 @@ class ChatClient:
     `configuration` and `context`. Each turn is a client span whose W3C `traceparent` goes in the
     request's `context`. The handshake carries the `traceparent` of a separate connection span. Spans are
     exported over OTLP gRPC to `otlp_endpoint`, or to `collector.endpoints["grpc"]` when a collector is
-    given; with neither they are created (for their ids) and dropped.
+    given. With neither, spans are still created for their ids but not exported.
 
     `run_dir`, when set, receives one JSON line per finished turn in `chat/turns.jsonl`.
     """
@@ -546,7 +546,8 @@ class ChatClient:
 
     def _abandon(self, pending: _Pending, why: str) -> None:
         # The agent still streams this turn, so its frames keep going to it until `complete` or
-        # `interrupted` arrives. The next request triggers `interrupted`, so they never leak into that turn.
+        # `interrupted` arrives. The agent sends `interrupted` when the next request comes, so the late
+        # frames stay out of the next turn (unless the agent never ends the abandoned turn at all).
         if pending.done.done() or pending.abandoned:
             return
         pending.abandoned = True
@@ -616,8 +617,8 @@ class ChatClient:
         return self._outstanding[0] if self._outstanding else None
 
     def _error_target(self) -> _Pending | None:
-        # An `error` answers the newest request when the agent has not started answering it (a rejected
-        # interrupting request); otherwise it ends the turn being streamed.
+        # An `error` belongs to the newest request when no frame for it has arrived yet (a rejected
+        # interrupting request). Otherwise it ends the turn being streamed.
         # NOTE: if a streamed turn fails while a newer request waits for its first frame, the error lands
         # on the newer one. The protocol carries no request id to tell the two apart.
         if not self._outstanding:

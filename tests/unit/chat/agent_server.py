@@ -1,8 +1,8 @@
 """A small agent chat server for the chat client's tests: the WebSocket protocol, plus scripted misbehaviour.
 
-It responds like the agent (`connection_status`, text chunks numbered from 1 with an empty final chunk,
-audio chunks with an empty final chunk, `metadata`, `complete`, `interrupted`, `pong`, `error` codes), and a
-message starting with `!` picks a script instead of the echo reply:
+It responds like the agent: `connection_status`, text chunks numbered from 1 with an empty final chunk,
+audio chunks with an empty final chunk, `metadata`, `complete`, `interrupted`, `pong` and the `error`
+codes. A message starting with `!` picks a script instead of the echo reply:
 
     !malformed   a frame that is not JSON and a JSON array, then the normal reply
     !unknown     a frame of unknown type, then the normal reply

@@ -315,7 +315,7 @@ def test_ping_returns_round_trip(agent):
 
 
 def test_keepalive_answered_while_caller_blocks(make_agent):
-    # The server pings every 0.2 s and closes if no pong comes within 2 s; a cell that blocks its
+    # The server pings every 0.2 s and closes if no pong comes within 2 s. A cell that blocks its
     # thread for 3 s must not lose the connection, because the background loop sends the pongs.
     server = make_agent(ping_interval=0.2, ping_timeout=2.0)
 
