@@ -227,6 +227,7 @@ class ChatClient:
         self.ping_timeout = ping_timeout
         self.run_dir = Path(run_dir) if run_dir is not None else None
 
+        self._safe_url = _redact(url)
         self.otlp_endpoint = otlp_endpoint or (collector.endpoints["grpc"] if collector is not None else None)
         self._otlp_api_key = getattr(collector, "api_key", None) if collector is not None else None
         self._tracer = _chat_tracing.tracer_for(self.otlp_endpoint, self._otlp_api_key)
@@ -255,7 +256,7 @@ class ChatClient:
         return self._state
 
     def __repr__(self) -> str:
-        return f"<ChatClient {self.url} {self._state.value}, user {self.user_id!r}, {len(self.turns)} turns>"
+        return f"<ChatClient {self._safe_url} {self._state.value}, user {self.user_id!r}, {len(self.turns)} turns>"
 
     # Sync API: thin wrappers over the async core.
 
@@ -329,7 +330,7 @@ class ChatClient:
         """Write the session's turns to `path` as JSON and Markdown (`.json` and `.md` next to each other)."""
         from homunculy_nb.chat_transcript import write_transcript
 
-        return write_transcript(self.turns, path, url=self.url, user_id=self.user_id)
+        return write_transcript(self.turns, path, url=self._safe_url, user_id=self.user_id)
 
     # Async API: the same cores, awaited from the caller's loop.
 
@@ -388,7 +389,7 @@ class ChatClient:
     async def _open(self) -> None:
         from websockets.asyncio.client import connect
 
-        span = self._tracer.start_span("chat connect", kind=_client_kind(), attributes={"url.full": self.url})
+        span = self._tracer.start_span("chat connect", kind=_client_kind(), attributes={"url.full": self._safe_url})
         self.connection_trace_id, _ = _chat_tracing.ids(span)
         headers = _chat_tracing.inject(span, dict(self.headers))
         started = time.perf_counter()
@@ -400,13 +401,13 @@ class ChatClient:
             )
         except Exception as exc:
             _end_span(span, error=str(exc))
-            raise _connection_error(self.url, exc, self.open_timeout) from exc
+            raise _connection_error(self._safe_url, exc, self.open_timeout) from exc
 
         self._ws = ws
         self._state = ConnectionState.OPEN
         self.close_code = self.close_reason = None
         self._status = asyncio.get_running_loop().create_future()
-        self._reader = asyncio.get_running_loop().create_task(self._read(ws), name=f"chat reader {self.url}")
+        self._reader = asyncio.get_running_loop().create_task(self._read(ws), name=f"chat reader {self._safe_url}")
 
         # The agent greets each connection with `connection_status` before it reads requests.
         remaining = max(self.open_timeout - (time.perf_counter() - started), 0.001)
@@ -415,16 +416,16 @@ class ChatClient:
             await self._close()
             _end_span(span, error="no connection_status")
             raise ChatConnectionError(
-                f"Connected to {self.url}, but the server sent no `connection_status` frame within "
+                f"Connected to {self._safe_url}, but the server sent no `connection_status` frame within "
                 f"{self.open_timeout:g} s. Check that the URL is the agent's chat endpoint (/api/v1/ws/chat).",
-                self.url,
+                self._safe_url,
             )
         if self._state is not ConnectionState.OPEN:
             _end_span(span, error="closed during greeting")
             raise self._closed_error()
 
         _end_span(span)
-        logger.debug("Chat connection to %s open (trace %s)", self.url, self.connection_trace_id)
+        logger.debug("Chat connection to %s open (trace %s)", self._safe_url, self.connection_trace_id)
 
     async def _close(self) -> None:
         ws, reader = self._ws, self._reader
@@ -449,7 +450,7 @@ class ChatClient:
     async def _interrupt(self, message: str, stream_audio: bool, voice_id: str | None,
                          context: dict[str, Any] | None, user_id: str | None) -> Turn:
         if not any(not pending.abandoned for pending in self._outstanding):
-            logger.debug("interrupt() found no turn streaming on %s; sending a plain request", self.url)
+            logger.debug("interrupt() found no turn streaming on %s; sending a plain request", self._safe_url)
         return await self._send(message, stream_audio, voice_id, context, None, user_id)
 
     async def _send(self, message: str, stream_audio: bool, voice_id: str | None, context: dict[str, Any] | None,
@@ -468,7 +469,7 @@ class ChatClient:
         user = user_id or self.user_id
         turn = Turn(message=message, user_id=user)
         span = self._tracer.start_span("chat turn", kind=_client_kind(), attributes={
-            "url.full": self.url, "enduser.id": user, "chat.message_length": len(message),
+            "url.full": self._safe_url, "enduser.id": user, "chat.message_length": len(message),
             "chat.stream_audio": bool(stream_audio),
         })
         turn.trace_id, turn.span_id = _chat_tracing.ids(span)
@@ -490,7 +491,7 @@ class ChatClient:
             raise ConfigurationError(f"A raw frame must be a str, bytes or dict, got {type(frame).__name__}.")
 
         turn = Turn(message=None, user_id=None)
-        span = self._tracer.start_span("chat raw frame", kind=_client_kind(), attributes={"url.full": self.url})
+        span = self._tracer.start_span("chat raw frame", kind=_client_kind(), attributes={"url.full": self._safe_url})
         turn.trace_id, turn.span_id = _chat_tracing.ids(span)
         pending = await self._transmit(frame, turn, span, None, stream=False)
         return await self._wait(pending)
@@ -564,7 +565,7 @@ class ChatClient:
 
         done, _ = await asyncio.wait((waiter,), timeout=timeout)
         if not done:
-            raise ChatTimeoutError(f"No `pong` from {self.url} within {timeout:g} s.", timeout)
+            raise ChatTimeoutError(f"No `pong` from {self._safe_url} within {timeout:g} s.", timeout)
         return waiter.result()
 
     # Receiving.
@@ -578,7 +579,7 @@ class ChatClient:
         except ConnectionClosed:
             pass
         except Exception:  # noqa: BLE001 - the reader must always fail the waiting turns below
-            logger.exception("The chat reader for %s failed", self.url)
+            logger.exception("The chat reader for %s failed", self._safe_url)
         finally:
             self._on_closed(ws)
 
@@ -603,7 +604,7 @@ class ChatClient:
         if pending is None:
             self.unmatched_events.append(event)
             if event.problem is None:
-                logger.debug("Frame %r from %s arrived outside any turn", kind, self.url)
+                logger.debug("Frame %r from %s arrived outside any turn", kind, self._safe_url)
             return
 
         turn = pending.turn
@@ -649,7 +650,7 @@ class ChatClient:
             error = failure and str(failure) or (turn.error and f"{turn.error.code}: {turn.error.message}")
             _end_span(pending.span, error=error or None, turn=turn)
         if turn.problems:
-            logger.debug("Turn on %s ended with problems: %s", self.url, "; ".join(turn.problems))
+            logger.debug("Turn on %s ended with problems: %s", self._safe_url, "; ".join(turn.problems))
         if self.run_dir is not None and turn.message is not None:
             self._append_to_run_dir(turn)
 
@@ -681,18 +682,18 @@ class ChatClient:
                 waiter.set_exception(self._closed_error())
                 waiter.exception()  # marks it retrieved in case no caller waits any more
         self._pings.clear()
-        logger.debug("Chat connection to %s closed with code %s", self.url, self.close_code)
+        logger.debug("Chat connection to %s closed with code %s", self._safe_url, self.close_code)
 
     def _closed_error(self, turn: Turn | None = None) -> ChatClosedError:
         code, reason = self.close_code, self.close_reason
-        what = f"The connection to {self.url} closed"
+        what = f"The connection to {self._safe_url} closed"
         if code is not None:
             what += f" with code {code}" + (f" ({reason})" if reason else "")
         if turn is not None:
             what += f" during a turn, after {len(turn.chunks)} text chunks"
         if code == 1009:
             what += f"; a frame was larger than `max_message_size` ({self.max_message_size} bytes), raise it"
-        return ChatClosedError(f"{what}. Call `reconnect()` to open a new session.", self.url, code, reason, turn)
+        return ChatClosedError(f"{what}. Call `reconnect()` to open a new session.", self._safe_url, code, reason, turn)
 
     def _report_problem(self, event: ChatEvent, pending: _Pending | None) -> None:
         # The first problem of each kind is a warning; repeats only go to debug so a broken server
@@ -701,13 +702,13 @@ class ChatClient:
         level = logging.DEBUG if kind in self._warned else logging.WARNING
         self._warned.add(kind)
         where = "outside any turn" if pending is None else "during a turn"
-        logger.log(level, "Kept an unusable frame from %s %s: %s", self.url, where, event.problem)
+        logger.log(level, "Kept an unusable frame from %s %s: %s", self._safe_url, where, event.problem)
 
     def _append_to_run_dir(self, turn: Turn) -> None:
         assert self.run_dir is not None
         folder = self.run_dir / "chat"
         folder.mkdir(parents=True, exist_ok=True)
-        record = turn.to_record() | {"url": self.url}
+        record = turn.to_record() | {"url": self._safe_url}
         with open(folder / "turns.jsonl", "a", encoding="utf-8") as file:
             file.write(json.dumps(record, default=str) + "\n")
 
@@ -828,6 +829,18 @@ def _close_frame(ws: Any) -> tuple[int | None, str | None]:
     return int(frame.code), frame.reason
 
 
+def _redact(url: str) -> str:
+    # Credentials in the URL's user info are replaced wherever the URL is shown: reprs, errors, logs, spans.
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"REDACTED:REDACTED@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _with_elapsed(event: ChatEvent, elapsed_ms: float) -> ChatEvent:
     return ChatEvent(event.type, event.data, elapsed_ms, event.raw, event.problem)
 
@@ -841,7 +854,7 @@ def _connection_error(url: str, exc: BaseException, open_timeout: float) -> Chat
         return ChatConnectionError(f"The server at {url} rejected the WebSocket handshake with HTTP {status}. {hint}",
                                    url, exc)
     if isinstance(exc, InvalidURI):
-        return ChatConnectionError(f"{url!r} is not a valid WebSocket URL: {exc}.", url, exc)
+        return ChatConnectionError(f"{url!r} is not a valid WebSocket URL: {exc.msg}.", url, exc)
     if isinstance(exc, TimeoutError):
         return ChatConnectionError(
             f"Opening {url} timed out after {open_timeout:g} s. Check that the agent is up, or raise `open_timeout`.",

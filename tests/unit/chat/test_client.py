@@ -452,3 +452,18 @@ def test_concurrent_first_sends_share_connection(agent):
     assert agent.total_connections == 1
     assert sum(turn.completed for turn in turns) >= 1
     assert all(turn.finished for turn in turns)
+
+
+def test_url_credentials_hidden():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    chat = ChatClient(f"ws://ada:secret@127.0.0.1:{port}/api/v1/ws/chat", open_timeout=5)
+
+    with pytest.raises(ChatConnectionError) as caught:
+        chat.connect()
+
+    assert "secret" not in repr(chat)
+    assert "secret" not in str(caught.value)
+    assert "secret" not in caught.value.url
+    assert f"ws://REDACTED:REDACTED@127.0.0.1:{port}/api/v1/ws/chat" in str(caught.value)
