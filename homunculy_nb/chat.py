@@ -228,7 +228,7 @@ class ChatClient:
         self.run_dir = Path(run_dir) if run_dir is not None else None
 
         self._safe_url = _redact(url)
-        self.otlp_endpoint = otlp_endpoint or (collector.endpoints["grpc"] if collector is not None else None)
+        self.otlp_endpoint = otlp_endpoint or _collector_endpoint(collector)
         self._otlp_api_key = getattr(collector, "api_key", None) if collector is not None else None
         self._tracer = _chat_tracing.tracer_for(self.otlp_endpoint, self._otlp_api_key)
         self._flush_on_close = True
@@ -827,6 +827,17 @@ def _close_frame(ws: Any) -> tuple[int | None, str | None]:
     if frame is None:
         return ws.close_code, ws.close_reason
     return int(frame.code), frame.reason
+
+
+def _collector_endpoint(collector: Any) -> str | None:
+    if collector is None:
+        return None
+    endpoint = collector.endpoints.get("grpc")
+    if endpoint is None:
+        raise ConfigurationError(
+            "The collector has no OTLP gRPC receiver, which the chat client's spans need. Start it with a "
+            "`grpc_port` (0 picks a free port), or pass `otlp_endpoint`.")
+    return endpoint
 
 
 def _redact(url: str) -> str:

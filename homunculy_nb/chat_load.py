@@ -120,6 +120,8 @@ class _Driver:
         pick = _message_picker(messages)
         client_options = dict(configuration=configuration, turn_timeout=turn_timeout, open_timeout=open_timeout,
                               collector=collector, otlp_endpoint=otlp_endpoint)
+        # Building one client checks the URL, timeouts and telemetry target before any session starts.
+        ChatClient(url, **client_options)
         # A notebook progress widget is displayed where it is created, so it is created here, in the cell's
         # thread, and only updated from the background loop.
         from tqdm.auto import tqdm
@@ -144,6 +146,8 @@ class _Driver:
         self.concurrency = concurrency
         self.rows: dict[tuple[int, int], dict[str, Any]] = {}
         self.errors = 0
+        # The (endpoint, API key) of the sessions' tracer, flushed once when the run ends.
+        self.flush: tuple[str | None, str | None] | None = None
 
     async def run(self) -> pd.DataFrame:
         semaphore = asyncio.Semaphore(self.concurrency)
@@ -162,13 +166,15 @@ class _Driver:
             # every session has closed its connection.
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
             self.bar.close()
-            endpoint = self.client_options["otlp_endpoint"] or (
-                self.client_options["collector"].endpoints["grpc"] if self.client_options["collector"] else None)
-            api_key = getattr(self.client_options["collector"], "api_key", None)
-            await asyncio.to_thread(_chat_tracing.force_flush, endpoint, api_key)
+            if self.flush is not None:
+                await asyncio.to_thread(_chat_tracing.force_flush, *self.flush)
 
+        # Chat failures are rows; anything else a session raised is a bug and must not hide behind rows.
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise outcome
         return _frame([self.rows[key] for key in sorted(self.rows)])
 
     def _user(self, session: int) -> str:
@@ -178,6 +184,7 @@ class _Driver:
         async with semaphore:
             client = ChatClient(self.url, user_id=self._user(session), **self.client_options)
             client._flush_on_close = False
+            self.flush = (client.otlp_endpoint, client._otlp_api_key)
             try:
                 for turn in range(self.turns):
                     if turn and self.think_time:

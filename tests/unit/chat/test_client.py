@@ -467,3 +467,10 @@ def test_url_credentials_hidden():
     assert "secret" not in str(caught.value)
     assert "secret" not in caught.value.url
     assert f"ws://REDACTED:REDACTED@127.0.0.1:{port}/api/v1/ws/chat" in str(caught.value)
+
+
+def test_collector_without_grpc_rejected():
+    collector = SimpleNamespace(endpoints={"http": "http://127.0.0.1:1"}, api_key=None)
+
+    with pytest.raises(ConfigurationError, match="grpc_port"):
+        ChatClient("ws://127.0.0.1:1/x", collector=collector)
