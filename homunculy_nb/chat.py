@@ -31,6 +31,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,7 +181,7 @@ class ChatClient:
     """A chat session over one WebSocket connection to the agent.
 
     Use it as a context manager (`with` or `async with`), which connects and closes, or call `connect()`
-    and `close()`. A first `send()` on a new client connects on its own. Requests carry `user_id`,
+    and `close()`. A first `send()` or `ping()` on a new client connects on its own. Requests carry `user_id`,
     `configuration` and `context`. Each turn is a client span whose W3C `traceparent` goes in the
     request's `context`. The handshake carries the `traceparent` of a separate connection span. Spans are
     exported over OTLP gRPC to `otlp_endpoint`, or to `collector.endpoints["grpc"]` when a collector is
@@ -513,6 +514,7 @@ class ChatClient:
 
         # Registered before the send, because the reader may see the first response frame while `send` drains.
         self._outstanding.append(pending)
+        turn.started_at = datetime.now(timezone.utc)
         turn._started = time.perf_counter()
         try:
             await self._ws.send(frame)
@@ -555,13 +557,22 @@ class ChatClient:
         _end_span(pending.span, error=why, turn=pending.turn)
 
     async def _ping(self, timeout: float | None) -> float:
+        if self._state is ConnectionState.NEW:
+            await self._connect()
         if self._state is not ConnectionState.OPEN:
-            raise self._closed_error() if self._state is ConnectionState.CLOSED else ChatError(
-                "Cannot ping before the connection is open. Call `connect()` first.")
+            raise self._closed_error()
+
         timeout = timeout or self.ping_timeout or self.open_timeout
         waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._pings.append((waiter, time.perf_counter()))
-        await self._ws.send(json.dumps({"type": "ping"}))
+        try:
+            await self._ws.send(json.dumps({"type": "ping"}))
+        except Exception as exc:
+            from websockets.exceptions import ConnectionClosed
+
+            if isinstance(exc, ConnectionClosed):
+                raise self._closed_error() from exc
+            raise
 
         done, _ = await asyncio.wait((waiter,), timeout=timeout)
         if not done:
