@@ -181,11 +181,13 @@ class ChatClient:
     """A chat session over one WebSocket connection to the agent.
 
     Use it as a context manager (`with` or `async with`), which connects and closes, or call `connect()`
-    and `close()`. A first `send()` or `ping()` on a new client connects on its own. Requests carry `user_id`,
-    `configuration` and `context`. Each turn is a client span whose W3C `traceparent` goes in the
-    request's `context`. The handshake carries the `traceparent` of a separate connection span. Spans are
-    exported over OTLP gRPC to `otlp_endpoint`, or to `collector.endpoints["grpc"]` when a collector is
-    given. With neither, spans are still created for their ids but not exported.
+    and `close()`. A first `send()` or `ping()` on a new client connects on its own.
+
+    Requests carry `user_id`, `configuration` and `context`. Each turn is a client span whose W3C
+    `traceparent` goes in the request's `context`. The handshake carries the `traceparent` of a separate
+    connection span. Spans are exported over OTLP gRPC to `otlp_endpoint`, or to
+    `collector.endpoints["grpc"]` when a collector is given. With neither, spans are still created for
+    their ids but not exported.
 
     `run_dir`, when set, receives one JSON line per finished turn in `chat/turns.jsonl`.
     """
