@@ -599,7 +599,8 @@ class ChatClient:
     def _on_frame(self, frame: str | bytes) -> None:
         # Timings count from the frame's arrival, before decoding, so a large frame's parse time is excluded.
         arrived = time.perf_counter()
-        event = decode_frame(frame, 0.0)
+        current = self._current()
+        event = decode_frame(frame, current.turn.elapsed_ms(arrived) if current is not None else 0.0)
         kind = event.type if event.problem is None else None
 
         if kind == "connection_status":
@@ -611,7 +612,7 @@ class ChatClient:
             self._on_pong(event, arrived)
             return
 
-        pending = self._error_target() if kind == "error" else self._current()
+        pending = self._error_target() if kind == "error" else current
         if event.problem is not None:
             self._report_problem(event, pending)
         if pending is None:
@@ -621,7 +622,8 @@ class ChatClient:
             return
 
         turn = pending.turn
-        event = _with_elapsed(event, turn.elapsed_ms(arrived))
+        if pending is not current:
+            event = _with_elapsed(event, turn.elapsed_ms(arrived))
         ended = turn.apply(event)
         self._deliver(pending, event)
         if ended:
