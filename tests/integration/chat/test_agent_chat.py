@@ -9,7 +9,7 @@ import time
 import pytest
 
 from homunculy_nb.chat import (
-    ChatClient, ChatProtocolError, ChatRequestError, ConnectionState, run_sessions, summarize,
+    ChatClient, ChatConnectionError, ChatProtocolError, ChatRequestError, ConnectionState, run_sessions, summarize,
 )
 
 pytestmark = pytest.mark.integration
@@ -138,3 +138,13 @@ def test_load_100_sessions_2_turns(chat_url, collector):
     wanted = set(frame["trace_id"])
     assert len(wanted) == 200
     assert wait_until(lambda: wanted <= set(collector.spans()["trace_id"]))
+
+
+def test_wrong_path_is_connection_error(chat_url):
+    wrong = chat_url.replace("/api/v1/ws/chat", "/api/v1/ws/nothing")
+
+    with pytest.raises(ChatConnectionError) as caught:
+        ChatClient(wrong).connect()
+
+    assert "HTTP 403" in str(caught.value)
+    assert caught.value.url == wrong

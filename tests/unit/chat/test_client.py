@@ -474,3 +474,36 @@ def test_collector_without_grpc_rejected():
 
     with pytest.raises(ConfigurationError, match="grpc_port"):
         ChatClient("ws://127.0.0.1:1/x", collector=collector)
+
+
+def test_rejected_handshake_names_status(make_agent):
+    server = make_agent(reject_status=404)
+
+    with pytest.raises(ChatConnectionError) as caught:
+        ChatClient(server.url).connect()
+
+    assert "HTTP 404" in str(caught.value)
+    assert "/api/v1/ws/chat" in str(caught.value)
+
+
+def test_failing_callback_does_not_stop_turn(agent, caplog):
+    def on_event(event):
+        raise RuntimeError("display broke")
+
+    with ChatClient(agent.url) as chat:
+        turn = chat.send("callback fails", on_event=on_event)
+        after = chat.send("next turn")
+
+    assert turn.completed
+    assert after.completed
+    assert caplog.text.count("on_event callback raised") == 1
+
+
+def test_timed_out_turn_joins_turns_when_it_ends(agent):
+    with ChatClient(agent.url, turn_timeout=0.3) as chat:
+        with pytest.raises(ChatTimeoutError):
+            chat.send("!stall again")
+        chat.send("unblock")
+
+    assert [turn.message for turn in chat.turns] == ["!stall again", "unblock"]
+    assert chat.turns[0].interrupted
