@@ -158,7 +158,7 @@ class _Driver:
 
         tasks = [asyncio.ensure_future(self._session(session, semaphore)) for session in range(self.sessions)]
         try:
-            done, pending = await asyncio.wait(tasks, timeout=self.timeout)
+            _, pending = await asyncio.wait(tasks, timeout=self.timeout)
             if pending:
                 logger.warning("run_sessions stopped %d unfinished sessions after %s s", len(pending), self.timeout)
         finally:
@@ -214,7 +214,7 @@ class _Driver:
             code, message_text = CLIENT_ERROR, str(exc)
         except asyncio.CancelledError:
             self._record(session, index, _row(session, index, client.user_id, message, started_at=started_at,
-                                              error_code=CANCELLED, error_message="cut off by the run's timeout"))
+                                              error_code=CANCELLED, error_message="cut off by the run's timeout or an interrupt"))
             raise
 
         row = _row(session, index, client.user_id, message, turn=turn, started_at=started_at)
