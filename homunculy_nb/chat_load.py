@@ -80,8 +80,8 @@ def run_sessions(url: str, sessions: int = 50, turns: int = 3, concurrency: int 
     """Run `sessions` chat sessions of `turns` requests each, at most `concurrency` at a time.
 
     `messages` is a list used in turn order (wrapping around) or a callable `(session, turn) -> str`.
-    `turn_timeout` and `open_timeout` bound each turn and each connection, `timeout` the whole run (None
-    for no limit), all in seconds. Client spans go to `collector` or `otlp_endpoint` as in `ChatClient`.
+    `turn_timeout` and `open_timeout` bound each turn and each connection, so every run ends; `timeout`
+    also caps the whole run (None for no cap). All three are in seconds. Client spans go to `collector` or `otlp_endpoint` as in `ChatClient`.
     `progress` shows a progress bar (a widget in a notebook, text in a terminal).
 
     Returns one row per planned turn; see `COLUMN_TYPES` for the columns. `error_code` contains the agent's
