@@ -1,6 +1,6 @@
 """The chat WebSocket: one `ChatConnection` per client, one task per turn, interruptible.
 
-Frames are read continuously while a turn streams, so a `ping` is answered mid-reply and a new
+Frames are read continuously while a turn streams, so a `ping` gets its `pong` mid-reply and a new
 `chat_request` cancels the running turn (its text and audio tasks) before the new one starts.
 """
 

@@ -36,7 +36,7 @@ SERVICE_NAME = "management-app"
 
 
 class ApiError(Exception):
-    """An error answered as `{"error": message}` with `status`."""
+    """An error returned as `{"error": message}` with HTTP status `status`."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -335,7 +335,7 @@ async def _forward(http: httpx.AsyncClient, agent_url: str, api_key: str, user_i
         logger.error("Calling the agent service failed: %r", exc, extra={"user_id": user_id})
         raise ApiError(502, f"The agent service at {agent_url} cannot be reached: {exc!r}") from exc
     if response.status_code != 200:
-        logger.error("The agent service answered HTTP %s", response.status_code, extra={"user_id": user_id})
-        raise ApiError(502, f"The agent service answered HTTP {response.status_code}: {response.text[:300]}")
+        logger.error("The agent service returned HTTP %s", response.status_code, extra={"user_id": user_id})
+        raise ApiError(502, f"The agent service returned HTTP {response.status_code}: {response.text[:300]}")
     return response.json()
 

@@ -47,7 +47,7 @@ class ManagementStore:
         return await psycopg.AsyncConnection.connect(self._conninfo, row_factory=dict_row)
 
     async def check(self) -> None:
-        """Raise `psycopg` errors unless the database answers and has the `users` table."""
+        """Raise `psycopg` errors unless the database responds and has the `users` table."""
         async with await self.connect() as conn:
             await conn.execute("SELECT 1 FROM users LIMIT 1")
 
@@ -195,8 +195,9 @@ class ManagementStore:
     async def choose_agent(self, user_id: str, agent_id: str | None) -> tuple[dict[str, Any] | None, int]:
         """Return the agent a chat uses and its concurrency limit.
 
-        With `agent_id`, that agent (it must be assigned when the user has assignments); without, the
-        assigned active agent of highest priority, least recently used first among equals (pool rotation).
+        With `agent_id` it is that agent, which must be assigned when the user has any assignment.
+        Without it, the assigned active agent of highest priority is chosen, and among equals the least
+        recently used one, so a pool rotates.
         """
         async with await self.connect() as conn:
             cursor = await conn.execute(

@@ -76,7 +76,9 @@ def test_turn_streams_text_audio_metadata(services):
                                                                     audio[0]["chunk_index"] + len(audio)))
     first_audio = base64.b64decode(audio[0]["data"])
     assert len(first_audio) == audio[0]["size_bytes"]
-    assert first_audio[0] == 0xFF and first_audio[1] & 0xE0 == 0xE0  # an MPEG audio frame header
+    # An MPEG audio frame header starts with 11 set bits.
+    assert first_audio[0] == 0xFF
+    assert first_audio[1] & 0xE0 == 0xE0
     assert audio[-1]["is_final"] is True
     assert audio[-1]["data"] == ""
 
@@ -142,7 +144,8 @@ def test_error_codes_keep_connection(services, frame, code):
     assert error["type"] == "error"
     assert error["code"] == code
     assert error["message"]
-    assert "timestamp" in error and "details" in error
+    assert "timestamp" in error
+    assert "details" in error
     assert pong["type"] == "pong"
 
 
