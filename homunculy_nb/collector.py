@@ -8,7 +8,7 @@ The gRPC receiver serves `Export` of TraceService, MetricsService and LogsServic
 request bytes and decodes them itself, so an undecodable message gets INVALID_ARGUMENT with the reason
 instead of grpcio's generic deserialization failure. The HTTP receiver is a small HTTP/1.1 server
 (keep-alive, chunked bodies, gzip) serving `POST /v1/traces`, `/v1/metrics` and `/v1/logs` in protobuf
-or OTLP/JSON. Both answer as the OTLP specification says: an empty partial success when everything was
+or OTLP/JSON. Both reply as the OTLP specification requires: an empty partial success when everything was
 stored, a partial success with the rejected count otherwise, and `google.rpc.Status` errors.
 """
 
@@ -23,10 +23,10 @@ import threading
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -89,13 +89,19 @@ class CollectorLimits:
 class Collector(TelemetryQueries):
     """An OTLP receiver (gRPC and HTTP) that stores spans, logs and metrics for pandas queries.
 
-    Port 0 picks a free port; `endpoints` gives the bound URLs once started. Both servers run on
-    background threads, so `start()` returns at once. Querying works before `start()` and after
-    `stop()`; it returns whatever was stored.
+    Port 0 picks a free port and None turns that receiver off; `endpoints` gives the bound URLs once
+    started. Both servers run on background threads, so `start()` returns at once. Querying works
+    before `start()` and after `stop()` and returns whatever was stored.
     """
 
     def __init__(self, host: str = "127.0.0.1", grpc_port: int | None = 4317, http_port: int | None = 4318,
                  api_key: Any = None, limits: CollectorLimits | dict[str, int] | None = None) -> None:
+        for argument, port in (("grpc_port", grpc_port), ("http_port", http_port)):
+            if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535):
+                raise ConfigurationError(
+                    f"`{argument}={port!r}` is not a port. Pass 0-65535 (0 picks a free port) or None to turn "
+                    f"that receiver off."
+                )
         self.host = host
         self.grpc_port = grpc_port
         self.http_port = http_port
@@ -114,7 +120,10 @@ class Collector(TelemetryQueries):
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        where = "not started" if self._endpoints is None else f"grpc={self._endpoints.get('grpc')} http={self._endpoints.get('http')}"
+        if self._endpoints is None:
+            where = "not started"
+        else:
+            where = f"grpc={self._endpoints.get('grpc', 'off')} http={self._endpoints.get('http', 'off')}"
         counts = " ".join(f"{signal}={len(self.store.tables[signal])}" for signal in SIGNALS)
         return f"<Collector {where} {counts}>"
 
@@ -182,6 +191,29 @@ class Collector(TelemetryQueries):
         """The API key senders must pass in the `x-otlp-api-key` header or metadata, or None."""
         return self._api_key
 
+    def otlp_environment(self, protocol: str = "grpc") -> dict[str, str]:
+        """Return the standard OTEL_EXPORTER_OTLP_* variables that point an SDK at this collector.
+
+        `protocol` is "grpc" or "http/protobuf". The headers variable carries the API key, so the
+        result is for a child's environment only; never log or print it.
+        """
+        transport = {"grpc": "grpc", "http/protobuf": "http", "http": "http"}.get(protocol)
+        if transport is None:
+            raise ConfigurationError(f"OTLP protocol {protocol!r} is not served. Use 'grpc' or 'http/protobuf'.")
+        endpoint = self.endpoints.get(transport)
+        if endpoint is None:
+            raise CollectorError(
+                f"The collector's {transport} receiver is off. Create it with `{transport}_port=0` or a port."
+            )
+
+        environment = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc" if transport == "grpc" else "http/protobuf",
+        }
+        if self._api_key is not None:
+            environment["OTEL_EXPORTER_OTLP_HEADERS"] = f"{API_KEY_HEADER}={quote(self._api_key, safe='')}"
+        return environment
+
     def _url(self, port: int) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{port}"
@@ -200,7 +232,7 @@ class Collector(TelemetryQueries):
         batch = decode(signal, body, encoding)
         self.store.append(batch)
         if batch.rejected:
-            logger.warning("Partial success: %s", batch.error_message)
+            _log_rejection("partial success for a %s export: %s", signal, batch.error_message)
         return export_response(signal, batch)
 
     # --- gRPC --------------------------------------------------------------------------------------
@@ -244,12 +276,13 @@ class Collector(TelemetryQueries):
             if self._api_key is not None:
                 metadata = dict(context.invocation_metadata())
                 if not self._authorized(metadata.get(API_KEY_HEADER)):
+                    _log_rejection("gRPC UNAUTHENTICATED for a %s export from %s", signal, context.peer())
                     context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                   f"Missing or wrong `{API_KEY_HEADER}` metadata; pass the collector's API key.")
             try:
                 response = self._ingest(signal, request, "protobuf")
             except InvalidExportError as exc:
-                logger.warning("Rejected an OTLP/gRPC %s export from %s: %s", signal, context.peer(), exc)
+                _log_rejection("gRPC INVALID_ARGUMENT for a %s export from %s: %s", signal, context.peer(), exc)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             return response.SerializeToString()
 
@@ -407,7 +440,6 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
         try:
             response = collector._ingest(signal, body, encoding)
         except InvalidExportError as exc:
-            logger.warning("Rejected an OTLP/HTTP %s export from %s: %s", signal, self.client_address[0], exc)
             self._reply_error(400, encoding, str(exc))
             return
         payload = response_json(response) if encoding == "json" else response.SerializeToString()
@@ -472,6 +504,8 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
     def _reply_error(self, status: int, encoding: str, message: str, close: bool = False,
                      extra_headers: dict[str, str] | None = None) -> None:
         """Reply with a google.rpc.Status body, the error format OTLP/HTTP prescribes."""
+        _log_rejection("HTTP %d for %s %s from %s: %s", status, self.command, self.path, self.client_address[0],
+                       message)
         code = _RPC_CODES.get(status, 2)
         if encoding == "json":
             import json
@@ -482,6 +516,18 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
 
             payload = status_pb2.Status(code=code, message=message).SerializeToString()
         self._reply(status, encoding, payload, close=close, extra_headers=extra_headers)
+
+
+_rejections = 0
+_REJECTIONS_LOGGED_IN_FULL = 20
+
+
+def _log_rejection(message: str, *args: Any) -> None:
+    """Log a rejected request at WARNING; past the first 20, only every 100th, so a broken sender cannot flood."""
+    global _rejections
+    _rejections += 1
+    if _rejections <= _REJECTIONS_LOGGED_IN_FULL or _rejections % 100 == 0:
+        logger.warning("Rejected request #%d: " + message, _rejections, *args)
 
 
 def _gunzip(body: bytes, limit: int) -> bytes:
