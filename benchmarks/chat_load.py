@@ -8,7 +8,8 @@ The reference agent runs as a uvicorn process with its local LLM service and a t
 cluster, all on 127.0.0.1 free ports. Each round runs the bare loop and then `run_sessions` (the
 order alternates between rounds), every session connected at once, with fresh user ids per run so
 conversation history grows alike. The bare loop does the protocol's minimum: open, wait for
-`connection_status`, send each `chat_request`, parse frames until `complete`, close. The driver
+`connection_status`, send each `chat_request` (with a random `traceparent`, as the driver's requests
+carry one), parse frames until `complete`, close. The driver
 also builds turns, decodes audio, times every frame and creates a client span per turn (not
 exported unless `--collector`). Overhead is the bare loop's throughput divided by the driver's, from
 the sum of both's rounds; the target is at most 1.15 with zero errors. When the agent is the
@@ -23,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -162,18 +164,29 @@ def scripted_server() -> Iterator[str]:
             process.wait()
 
 
+def traceparent() -> str:
+    """Return a random sampled W3C `traceparent`, as the driver sends, without the OpenTelemetry SDK."""
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
 async def bare_session(url: str, user_id: str, messages: list[str], ttfc: list[float]) -> int:
-    """Replay one session's turns with nothing but `websockets`; return how many turns completed."""
+    """Replay one session's turns with nothing but `websockets`; return how many turns completed.
+
+    The requests match the driver's byte for byte in shape, `traceparent` included, because the agent
+    stores a non-empty `context` with each turn and that write is part of the server's work per turn.
+    """
     from websockets.asyncio.client import connect
 
     completed = 0
-    async with connect(url, max_size=16 * 1024 * 1024, proxy=None) as ws:
+    async with connect(url, max_size=16 * 1024 * 1024, proxy=None,
+                       additional_headers={"traceparent": traceparent()}) as ws:
         json.loads(await ws.recv())
         for message in messages:
             started = time.perf_counter()
             first = None
             await ws.send(json.dumps({"type": "chat_request", "user_id": user_id, "message": message,
-                                      "configuration": DEFAULT_CONFIGURATION, "context": {}, "stream_audio": True,
+                                      "configuration": DEFAULT_CONFIGURATION,
+                                      "context": {"traceparent": traceparent()}, "stream_audio": True,
                                       "voice_id": None}))
             while True:
                 frame = json.loads(await ws.recv())
