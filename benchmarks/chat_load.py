@@ -98,7 +98,8 @@ def service(app: str, env: dict[str, str], log_dir: Path) -> Iterator[str]:
     """Run `app` under uvicorn until the block ends; yield its base URL once /health returns 200."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = open(log_dir / f"{app.split(':')[0].rsplit('.', 1)[-1]}.log", "ab")
+    service_name = app.split(":")[0].rsplit(".", 1)[-1]
+    log = open(log_dir / f"{service_name}.log", "ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "LOGGING_LEVEL": "WARNING", **env},
