@@ -797,6 +797,12 @@ class Stack:
         """Call `callback(time, resource, stream, line)` on each console line; returns an unsubscriber."""
         return self.orchestrator.on_log(callback)
 
+    def publish(self, target: str, out_dir: str | os.PathLike) -> list[Path]:
+        """Write deployable files for `target` ("compose" or "kubernetes") into `out_dir`; no secret value is written."""
+        from homunculy_nb.publish import publish
+
+        return publish(self, target, out_dir)
+
     def __repr__(self) -> str:
         return f"<Stack {self.name!r} resources={list(self.resources)}>"
 

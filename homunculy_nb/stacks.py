@@ -278,6 +278,9 @@ class _Checkout:
         agent.with_args("exec", str(venv), *program, "-m", "uvicorn", "main:app", "--host", "127.0.0.1",
                         "--port", agent.endpoint("http").port)
         agent.with_environment("PYTHONPATH", str(PACKAGE_ROOT))
+        # Token counting downloads a tiktoken encoding on the first chat; a cache in the state directory
+        # keeps it across runs. NOTE: the very first chat still needs network access to fill it.
+        agent.with_environment("TIKTOKEN_CACHE_DIR", str(stack.state_dir / "tiktoken-cache"))
         if instrument:
             agent.with_environment("OTEL_LOGS_EXPORTER", "otlp")
             agent.with_environment("OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED", "true")

@@ -82,9 +82,8 @@ class ChatConnection:
             self._outbox.put_nowait(None)
             try:
                 await writer
-            except (WebSocketDisconnect, RuntimeError):
-                # The client is gone; frames still queued cannot be delivered.
-                pass
+            except Exception as exc:  # noqa: BLE001 - the client is gone, whatever the transport raised
+                logger.debug("Frames still queued were not delivered: %r", exc)
 
     async def _dispatch(self, raw: str | bytes | None) -> None:
         try:

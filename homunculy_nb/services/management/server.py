@@ -285,43 +285,53 @@ def create_app() -> FastAPI:
         user_id = str(body.user_id)
         try:
             agent, max_concurrent = await store.choose_agent(user_id, str(body.agent_id) if body.agent_id else None)
-            admitted = await store.admit(user_id, str(agent["id"]) if agent else None)
         except Forbidden as exc:
             raise ApiError(403, str(exc)) from exc
-        if admitted is None:
-            raise ApiError(404, f"User {user_id} not found. Create it with POST /api/v1/users.")
-        if not isinstance(admitted, tuple):
-            now = datetime.now(timezone.utc)
-            logger.warning("Quota exceeded", extra={"user_id": user_id, "limit": admitted.limit})
-            response = admitted.body(now)
-            return JSONResponse(response, status_code=429,
-                                headers={"Retry-After": str(response["retry_after_seconds"])})
-        usage_id, _ = admitted
 
+        # The concurrency check comes first, so a rejected request does not count against the quota.
         slot = (user_id, str(agent["id"]) if agent else "")
         if max_concurrent and in_flight[slot] >= max_concurrent:
-            raise ApiError(429, f"The assignment allows {max_concurrent} concurrent request(s) to this agent; "
-                                "wait for the running one to finish.")
+            logger.warning("Concurrent request limit reached", extra={"user_id": user_id, "agent_id": slot[1]})
+            raise ApiError(429, f"The assignment allows {max_concurrent} concurrent request(s) to agent "
+                                f"{slot[1]}. Wait for the running one to finish.")
+
         in_flight[slot] += 1
         try:
-            reply = await _forward(state["http"], agent_url, agent_api_key, user_id, body,
-                                   _agent_configuration(agent, body.configuration))
+            return await _admit_and_forward(store, state["http"], agent_url, agent_api_key, user_id, agent, body)
         finally:
             in_flight[slot] -= 1
 
-        metadata = reply.get("metadata") or {}
-        tokens = int(metadata.get("tokens_used") or 0)
-        cost = cost_of(str(metadata.get("model_used") or ""), tokens)
-        today = await store.record_usage(usage_id, user_id, tokens, cost)
-        logger.info("Chat forwarded", extra={"user_id": user_id, "tokens": tokens, "cost_usd": float(cost)})
-        return {
-            "message": reply.get("message", ""),
-            "confidence": reply.get("confidence"),
-            "reasoning": reply.get("reasoning"),
-            "usage": {"tokens_used": tokens, "cost": float(cost), **today},
-        }
-
     return app
+
+
+async def _admit_and_forward(store: ManagementStore, http: httpx.AsyncClient, agent_url: str, api_key: str,
+                             user_id: str, agent: dict[str, Any] | None, body: ChatRequest) -> Any:
+    """Count the request against the user's quota, forward it to the agent, and record its usage."""
+    try:
+        admitted = await store.admit(user_id, str(agent["id"]) if agent else None)
+    except Forbidden as exc:
+        raise ApiError(403, str(exc)) from exc
+    if admitted is None:
+        raise ApiError(404, f"User {user_id} not found. Create it with POST /api/v1/users.")
+    if not isinstance(admitted, tuple):
+        logger.warning("Quota exceeded", extra={"user_id": user_id, "limit": admitted.limit})
+        response = admitted.body(datetime.now(timezone.utc))
+        return JSONResponse(response, status_code=429, headers={"Retry-After": str(response["retry_after_seconds"])})
+    usage_id, _ = admitted
+
+    reply = await _forward(http, agent_url, api_key, user_id, body, _agent_configuration(agent, body.configuration))
+
+    metadata = reply.get("metadata") or {}
+    tokens = int(metadata.get("tokens_used") or 0)
+    cost = cost_of(str(metadata.get("model_used") or ""), tokens)
+    today = await store.record_usage(usage_id, user_id, tokens, cost)
+    logger.info("Chat forwarded", extra={"user_id": user_id, "tokens": tokens, "cost_usd": float(cost)})
+    return {
+        "message": reply.get("message", ""),
+        "confidence": reply.get("confidence"),
+        "reasoning": reply.get("reasoning"),
+        "usage": {"tokens_used": tokens, "cost": float(cost), **today},
+    }
 
 
 async def _forward(http: httpx.AsyncClient, agent_url: str, api_key: str, user_id: str, body: ChatRequest,

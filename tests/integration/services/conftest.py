@@ -250,7 +250,8 @@ def services(postgres: PostgresServer, otlp: OtlpReceiver,
     started: list[ServiceProcess] = []
     try:
         llm = ServiceProcess("homunculy_nb.services.llm:app", {
-            "LOCAL_LLM_TTFT_MS": "20", "LOCAL_LLM_TOKENS_PER_SECOND": "400", **telemetry_env(otlp, "llm"),
+            # Slow enough that a second request reliably arrives while the first reply streams.
+            "LOCAL_LLM_TTFT_MS": "20", "LOCAL_LLM_TOKENS_PER_SECOND": "100", **telemetry_env(otlp, "llm"),
         }, logs / "llm.log")
         started.append(llm.start())
         agent = ServiceProcess("homunculy_nb.services.agent:app", {

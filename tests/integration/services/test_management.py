@@ -196,3 +196,25 @@ def test_chat_trace_spans_three_services(services, otlp):
     assert any(span["attributes"].get("db.system") == "postgresql" or
                span["attributes"].get("db.system.name") == "postgresql"
                for span in in_trace if span["service"] == "management-app")
+
+
+def test_assignment_concurrency_limit(services):
+    import asyncio
+
+    user = create_user(services, "premium")
+    agent = create_agent(services)
+    body = {"agent_id": agent["id"], "allocation_strategy": "dedicated", "max_concurrent_requests": 1}
+    httpx.post(f"{api(services)}/users/{user['id']}/assignments", json=body, timeout=TIMEOUT)
+
+    async def both() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            request = {"user_id": user["id"], "message": "Tell me a long story about lighthouses."}
+            return await asyncio.gather(*(client.post(api(services) + "/chat", json=request) for _ in range(2)))
+
+    statuses = sorted(response.status_code for response in asyncio.run(both()))
+
+    assert statuses == [200, 429]
+    with psycopg.connect(services["management_uri"]) as conn:
+        counted = conn.execute("SELECT used_requests_today FROM user_quotas WHERE user_id = %s",
+                               (user["id"],)).fetchone()[0]
+    assert counted == 1

@@ -8,6 +8,7 @@ import socket
 import sys
 import tempfile
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -262,3 +263,33 @@ def test_checkout_without_go_names_fix(state_dir, monkeypatch):
 def test_source_not_a_checkout(state_dir):
     with pytest.raises(ConfigurationError, match="not a Homunculy checkout"):
         homunculy_stack(source=state_dir, ports="auto", name="bad", state_dir=state_dir / "state")
+
+
+def test_one_trace_in_collector(state_dir):
+    collector_module = pytest.importorskip("homunculy_nb.collector")
+    collector = collector_module.Collector(grpc_port=0, http_port=0).start()
+    stack = homunculy_stack(collector=collector, ports="auto", name="collected", state_dir=state_dir, tts="tone")
+    stack.resources["llm"].with_environment("LOCAL_LLM_TTFT_MS", "20")
+    try:
+        stack.up(timeout=180)
+        api = stack.resources["management-app"].url() + "/api/v1"
+        user = httpx.post(api + "/users", json={"email": "trace@example.org", "name": "Cy",
+                                                "subscription_tier": "premium"}, timeout=TIMEOUT).json()
+        trace_id = uuid.uuid4().hex
+        headers = {"traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"}
+        reply = httpx.post(api + "/chat", json={"user_id": user["id"], "message": "Why do leaves fall?"},
+                           headers=headers, timeout=TIMEOUT)
+
+        wanted = {"management-app", "homunculy-app", "llm"}
+        deadline = time.monotonic() + 30
+        spans = collector.spans(trace_id=trace_id)
+        while not wanted <= set(spans.service_name) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            spans = collector.spans(trace_id=trace_id)
+    finally:
+        stack.down(volumes=True)
+        collector.stop()
+
+    assert reply.status_code == 200
+    assert wanted <= set(spans.service_name)
+    assert any(attributes.get("db.system") == "postgresql" for attributes in spans.attributes)
