@@ -74,6 +74,9 @@ def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     try:
         return future.result(timeout)
     except concurrent.futures.TimeoutError:
+        # Since Python 3.11 this is the built-in TimeoutError, so it may come from the coroutine itself.
+        if future.done():
+            raise
         future.cancel()
         raise TimeoutError(f"The operation did not finish within {timeout} s.") from None
     except KeyboardInterrupt:

@@ -2,7 +2,7 @@
 
 The connection and the task that receives frames live on the package's background event loop, so frames
 and keepalive pings are handled while a notebook cell is busy. Every public method has one async core
-that runs there; the synchronous methods block on it through `homunculy_nb._loop`, and the `_async`
+that runs there. The synchronous methods block on it through `homunculy_nb._loop`, and the `_async`
 twins await it from the caller's own loop. Both work inside a kernel that already runs an event loop.
 
 Errors (all `homunculy_nb.errors.ChatError`):
@@ -10,7 +10,7 @@ Errors (all `homunculy_nb.errors.ChatError`):
 ChatError
 ├── ChatConnectionError   the WebSocket could not be opened (`url`, `cause`)
 ├── ChatClosedError       the connection closed under a turn or before a send (`code`, `reason`, `turn`)
-├── ChatTimeoutError      a turn or ping got no answer in time (`timeout`, `turn` with what arrived)
+├── ChatTimeoutError      a turn or ping got no final frame in time (`timeout`, `turn` with what arrived)
 └── ChatServerError       the agent sent an `error` frame (`code`, `message`, `details`, `turn`);
     ├── ChatRequestError  code INVALID_REQUEST: the `chat_request` fields were rejected
     └── ChatProtocolError codes INVALID_JSON, MISSING_TYPE, INVALID_MESSAGE_TYPE: the frame was not understood
@@ -31,6 +31,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,11 +60,11 @@ DEFAULT_CONFIGURATION: dict[str, Any] = {
     "model_name": "gpt-4o-mini",
     "personality": {
         "name": "Homunculy",
-        "description": "A friendly companion who answers briefly and plainly.",
+        "description": "a friendly companion who answers briefly and plainly",
         "traits": {"friendliness": 0.9, "curiosity": 0.7, "humor": 0.4},
         "mood": "cheerful",
     },
-    "system_prompt": "You are Homunculy, a friendly assistant. Answer in two or three sentences.",
+    "system_prompt": "Answer in two or three short sentences.",
     "temperature": 0.7,
     "max_tokens": 256,
 }
@@ -108,7 +109,7 @@ class ChatTimeoutError(ChatError):
 
 
 class ChatServerError(ChatError):
-    """Raised when the agent answers a request with an `error` frame; the session stays usable."""
+    """Raised when the agent responds to a request with an `error` frame; the session stays usable."""
 
     def __init__(self, message: str, code: str, server_message: str, details: Any = None,
                  turn: Turn | None = None) -> None:
@@ -148,7 +149,7 @@ def server_error(turn: Turn) -> ChatServerError:
 
 
 class ConnectionState(str, Enum):
-    """Where a `ChatClient`'s connection is in its life."""
+    """The lifecycle state of a `ChatClient`'s connection."""
 
     NEW = "new"
     OPEN = "open"
@@ -157,7 +158,7 @@ class ConnectionState(str, Enum):
 
 @dataclass(eq=False)
 class _Pending:
-    """A request sent and not yet answered with `complete`, `interrupted` or `error`."""
+    """A request whose final frame (`complete`, `interrupted` or `error`) has not arrived yet."""
 
     turn: Turn
     done: asyncio.Future[Turn]
@@ -180,11 +181,13 @@ class ChatClient:
     """A chat session over one WebSocket connection to the agent.
 
     Use it as a context manager (`with` or `async with`), which connects and closes, or call `connect()`
-    and `close()`. A first `send()` on a new client connects on its own. Requests carry `user_id`,
-    `configuration` and `context`; each turn is a client span whose W3C `traceparent` goes in the
-    request's `context`, and the handshake carries the `traceparent` of a connection span. Spans are
-    exported over OTLP gRPC to `otlp_endpoint`, or to `collector.endpoints["grpc"]` when a collector is
-    given; with neither they are created (for their ids) and dropped.
+    and `close()`. A first `send()` or `ping()` on a new client connects on its own.
+
+    Requests carry `user_id`, `configuration` and `context`. Each turn is a client span whose W3C
+    `traceparent` goes in the request's `context`. The handshake carries the `traceparent` of a separate
+    connection span. Spans are exported over OTLP gRPC to `otlp_endpoint`, or to
+    `collector.endpoints["grpc"]` when a collector is given. With neither, spans are still created for
+    their ids but not exported.
 
     `run_dir`, when set, receives one JSON line per finished turn in `chat/turns.jsonl`.
     """
@@ -227,7 +230,8 @@ class ChatClient:
         self.ping_timeout = ping_timeout
         self.run_dir = Path(run_dir) if run_dir is not None else None
 
-        self.otlp_endpoint = otlp_endpoint or (collector.endpoints["grpc"] if collector is not None else None)
+        self._safe_url = _redact(url)
+        self.otlp_endpoint = otlp_endpoint or _collector_endpoint(collector)
         self._otlp_api_key = getattr(collector, "api_key", None) if collector is not None else None
         self._tracer = _chat_tracing.tracer_for(self.otlp_endpoint, self._otlp_api_key)
         self._flush_on_close = True
@@ -245,7 +249,8 @@ class ChatClient:
         self._status: asyncio.Future[dict[str, Any]] | None = None
         self._outstanding: collections.deque[_Pending] = collections.deque()
         self._pings: collections.deque[tuple[asyncio.Future[float], float]] = collections.deque()
-        self._connected_at = 0.0
+        # Serializes connects, so two requests sent at once on a new client share one connection.
+        self._connect_lock = asyncio.Lock()
         self._warned: set[str] = set()
 
     @property
@@ -254,7 +259,7 @@ class ChatClient:
         return self._state
 
     def __repr__(self) -> str:
-        return f"<ChatClient {self.url} {self._state.value}, user {self.user_id!r}, {len(self.turns)} turns>"
+        return f"<ChatClient {self._safe_url} {self._state.value}, user {self.user_id!r}, {len(self.turns)} turns>"
 
     # Sync API: thin wrappers over the async core.
 
@@ -310,7 +315,7 @@ class ChatClient:
         """Send `frame` unchanged (a dict is JSON-encoded) and return the turn it starts.
 
         Meant for probing the server: a malformed frame gets `ChatProtocolError`. The frame carries no
-        `traceparent` unless it holds one.
+        `traceparent` unless it contains one.
         """
         return _loop.run(self._send_raw(frame))
 
@@ -328,7 +333,7 @@ class ChatClient:
         """Write the session's turns to `path` as JSON and Markdown (`.json` and `.md` next to each other)."""
         from homunculy_nb.chat_transcript import write_transcript
 
-        return write_transcript(self.turns, path, url=self.url, user_id=self.user_id)
+        return write_transcript(self.turns, path, url=self._safe_url, user_id=self.user_id)
 
     # Async API: the same cores, awaited from the caller's loop.
 
@@ -380,12 +385,14 @@ class ChatClient:
     # Core: everything below runs on the background loop.
 
     async def _connect(self) -> None:
-        if self._state is ConnectionState.OPEN:
-            return
+        async with self._connect_lock:
+            if self._state is not ConnectionState.OPEN:
+                await self._open()
 
+    async def _open(self) -> None:
         from websockets.asyncio.client import connect
 
-        span = self._tracer.start_span("chat connect", kind=_client_kind(), attributes={"url.full": self.url})
+        span = self._tracer.start_span("chat connect", kind=_client_kind(), attributes={"url.full": self._safe_url})
         self.connection_trace_id, _ = _chat_tracing.ids(span)
         headers = _chat_tracing.inject(span, dict(self.headers))
         started = time.perf_counter()
@@ -397,14 +404,13 @@ class ChatClient:
             )
         except Exception as exc:
             _end_span(span, error=str(exc))
-            raise _connection_error(self.url, exc, self.open_timeout) from exc
+            raise _connection_error(self._safe_url, exc, self.open_timeout) from exc
 
         self._ws = ws
         self._state = ConnectionState.OPEN
-        self._connected_at = time.perf_counter()
         self.close_code = self.close_reason = None
         self._status = asyncio.get_running_loop().create_future()
-        self._reader = asyncio.get_running_loop().create_task(self._read(ws), name=f"chat reader {self.url}")
+        self._reader = asyncio.get_running_loop().create_task(self._read(ws), name=f"chat reader {self._safe_url}")
 
         # The agent greets each connection with `connection_status` before it reads requests.
         remaining = max(self.open_timeout - (time.perf_counter() - started), 0.001)
@@ -413,16 +419,16 @@ class ChatClient:
             await self._close()
             _end_span(span, error="no connection_status")
             raise ChatConnectionError(
-                f"Connected to {self.url}, but the server sent no `connection_status` frame within "
+                f"Connected to {self._safe_url}, but the server sent no `connection_status` frame within "
                 f"{self.open_timeout:g} s. Check that the URL is the agent's chat endpoint (/api/v1/ws/chat).",
-                self.url,
+                self._safe_url,
             )
         if self._state is not ConnectionState.OPEN:
             _end_span(span, error="closed during greeting")
             raise self._closed_error()
 
         _end_span(span)
-        logger.debug("Chat connection to %s open (trace %s)", self.url, self.connection_trace_id)
+        logger.debug("Chat connection to %s open (trace %s)", self._safe_url, self.connection_trace_id)
 
     async def _close(self) -> None:
         ws, reader = self._ws, self._reader
@@ -447,7 +453,7 @@ class ChatClient:
     async def _interrupt(self, message: str, stream_audio: bool, voice_id: str | None,
                          context: dict[str, Any] | None, user_id: str | None) -> Turn:
         if not any(not pending.abandoned for pending in self._outstanding):
-            logger.debug("interrupt() found no turn streaming on %s; sending a plain request", self.url)
+            logger.debug("interrupt() found no turn streaming on %s; sending a plain request", self._safe_url)
         return await self._send(message, stream_audio, voice_id, context, None, user_id)
 
     async def _send(self, message: str, stream_audio: bool, voice_id: str | None, context: dict[str, Any] | None,
@@ -466,7 +472,7 @@ class ChatClient:
         user = user_id or self.user_id
         turn = Turn(message=message, user_id=user)
         span = self._tracer.start_span("chat turn", kind=_client_kind(), attributes={
-            "url.full": self.url, "enduser.id": user, "chat.message_length": len(message),
+            "url.full": self._safe_url, "enduser.id": user, "chat.message_length": len(message),
             "chat.stream_audio": bool(stream_audio),
         })
         turn.trace_id, turn.span_id = _chat_tracing.ids(span)
@@ -488,7 +494,7 @@ class ChatClient:
             raise ConfigurationError(f"A raw frame must be a str, bytes or dict, got {type(frame).__name__}.")
 
         turn = Turn(message=None, user_id=None)
-        span = self._tracer.start_span("chat raw frame", kind=_client_kind(), attributes={"url.full": self.url})
+        span = self._tracer.start_span("chat raw frame", kind=_client_kind(), attributes={"url.full": self._safe_url})
         turn.trace_id, turn.span_id = _chat_tracing.ids(span)
         pending = await self._transmit(frame, turn, span, None, stream=False)
         return await self._wait(pending)
@@ -508,8 +514,9 @@ class ChatClient:
         pending = _Pending(turn, asyncio.get_running_loop().create_future(), span,
                            queue=asyncio.Queue() if stream else None, on_event=on_event)
 
-        # Registered before the send: the reader may see the first answer frame while `send` drains.
+        # Registered before the send, because the reader may see the first response frame while `send` drains.
         self._outstanding.append(pending)
+        turn.started_at = datetime.now(timezone.utc)
         turn._started = time.perf_counter()
         try:
             await self._ws.send(frame)
@@ -543,25 +550,35 @@ class ChatClient:
         return pending.turn
 
     def _abandon(self, pending: _Pending, why: str) -> None:
-        # The agent still streams this turn; its frames keep going to it until `complete` or `interrupted`,
-        # which the next request triggers, so they never leak into the next turn.
+        # The agent still streams this turn, so its frames keep going to it until `complete` or
+        # `interrupted` arrives. The agent sends `interrupted` when the next request comes, so the late
+        # frames stay out of the next turn (unless the agent never ends the abandoned turn at all).
         if pending.done.done() or pending.abandoned:
             return
         pending.abandoned = True
         _end_span(pending.span, error=why, turn=pending.turn)
 
     async def _ping(self, timeout: float | None) -> float:
+        if self._state is ConnectionState.NEW:
+            await self._connect()
         if self._state is not ConnectionState.OPEN:
-            raise self._closed_error() if self._state is ConnectionState.CLOSED else ChatError(
-                "Cannot ping before the connection is open. Call `connect()` first.")
+            raise self._closed_error()
+
         timeout = timeout or self.ping_timeout or self.open_timeout
         waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._pings.append((waiter, time.perf_counter()))
-        await self._ws.send(json.dumps({"type": "ping"}))
+        try:
+            await self._ws.send(json.dumps({"type": "ping"}))
+        except Exception as exc:
+            from websockets.exceptions import ConnectionClosed
+
+            if isinstance(exc, ConnectionClosed):
+                raise self._closed_error() from exc
+            raise
 
         done, _ = await asyncio.wait((waiter,), timeout=timeout)
         if not done:
-            raise ChatTimeoutError(f"No `pong` from {self.url} within {timeout:g} s.", timeout)
+            raise ChatTimeoutError(f"No `pong` from {self._safe_url} within {timeout:g} s.", timeout)
         return waiter.result()
 
     # Receiving.
@@ -575,12 +592,15 @@ class ChatClient:
         except ConnectionClosed:
             pass
         except Exception:  # noqa: BLE001 - the reader must always fail the waiting turns below
-            logger.exception("The chat reader for %s failed", self.url)
+            logger.exception("The chat reader for %s failed", self._safe_url)
         finally:
             self._on_closed(ws)
 
     def _on_frame(self, frame: str | bytes) -> None:
-        event = decode_frame(frame, 0.0)
+        # Timings count from the frame's arrival, before decoding, so a large frame's parse time is excluded.
+        arrived = time.perf_counter()
+        current = self._current()
+        event = decode_frame(frame, current.turn.elapsed_ms(arrived) if current is not None else 0.0)
         kind = event.type if event.problem is None else None
 
         if kind == "connection_status":
@@ -589,20 +609,21 @@ class ChatClient:
                 self._status.set_result(event.data or {})
             return
         if kind == "pong":
-            self._on_pong(event)
+            self._on_pong(event, arrived)
             return
 
-        pending = self._error_target() if kind == "error" else self._current()
+        pending = self._error_target() if kind == "error" else current
         if event.problem is not None:
             self._report_problem(event, pending)
         if pending is None:
             self.unmatched_events.append(event)
             if event.problem is None:
-                logger.debug("Frame %r from %s arrived outside any turn", kind, self.url)
+                logger.debug("Frame %r from %s arrived outside any turn", kind, self._safe_url)
             return
 
         turn = pending.turn
-        event = _with_elapsed(event, turn.elapsed_ms())
+        if pending is not current:
+            event = _with_elapsed(event, turn.elapsed_ms(arrived))
         ended = turn.apply(event)
         self._deliver(pending, event)
         if ended:
@@ -612,10 +633,10 @@ class ChatClient:
         return self._outstanding[0] if self._outstanding else None
 
     def _error_target(self) -> _Pending | None:
-        # An `error` answers the newest request when the agent has not started answering it (a rejected
-        # interrupting request); otherwise it ends the turn being streamed.
-        # NOTE: if a streamed turn fails while a newer request waits unanswered, the error lands on the
-        # newer one; the protocol carries no request id to tell the two apart.
+        # An `error` belongs to the newest request when no frame for it has arrived yet (a rejected
+        # interrupting request). Otherwise it ends the turn being streamed.
+        # NOTE: if a streamed turn fails while a newer request waits for its first frame, the error lands
+        # on the newer one. The protocol carries no request id to tell the two apart.
         if not self._outstanding:
             return None
         newest = self._outstanding[-1]
@@ -644,7 +665,7 @@ class ChatClient:
             error = failure and str(failure) or (turn.error and f"{turn.error.code}: {turn.error.message}")
             _end_span(pending.span, error=error or None, turn=turn)
         if turn.problems:
-            logger.debug("Turn on %s ended with problems: %s", self.url, "; ".join(turn.problems))
+            logger.debug("Turn on %s ended with problems: %s", self._safe_url, "; ".join(turn.problems))
         if self.run_dir is not None and turn.message is not None:
             self._append_to_run_dir(turn)
 
@@ -653,11 +674,11 @@ class ChatClient:
         if pending.queue is not None:
             pending.queue.put_nowait(None)
 
-    def _on_pong(self, event: ChatEvent) -> None:
+    def _on_pong(self, event: ChatEvent, arrived: float) -> None:
         while self._pings:
             waiter, sent = self._pings.popleft()
             if not waiter.done():
-                waiter.set_result((time.perf_counter() - sent) * 1000.0)
+                waiter.set_result((arrived - sent) * 1000.0)
                 return
         self.unmatched_events.append(event)
 
@@ -674,20 +695,20 @@ class ChatClient:
         for waiter, _ in self._pings:
             if not waiter.done():
                 waiter.set_exception(self._closed_error())
-                waiter.exception()  # marks it retrieved when nobody waits any more
+                waiter.exception()  # marks it retrieved in case no caller waits any more
         self._pings.clear()
-        logger.debug("Chat connection to %s closed with code %s", self.url, self.close_code)
+        logger.debug("Chat connection to %s closed with code %s", self._safe_url, self.close_code)
 
     def _closed_error(self, turn: Turn | None = None) -> ChatClosedError:
         code, reason = self.close_code, self.close_reason
-        what = f"The connection to {self.url} closed"
+        what = f"The connection to {self._safe_url} closed"
         if code is not None:
             what += f" with code {code}" + (f" ({reason})" if reason else "")
         if turn is not None:
             what += f" during a turn, after {len(turn.chunks)} text chunks"
         if code == 1009:
             what += f"; a frame was larger than `max_message_size` ({self.max_message_size} bytes), raise it"
-        return ChatClosedError(f"{what}. Call `reconnect()` to open a new session.", self.url, code, reason, turn)
+        return ChatClosedError(f"{what}. Call `reconnect()` to open a new session.", self._safe_url, code, reason, turn)
 
     def _report_problem(self, event: ChatEvent, pending: _Pending | None) -> None:
         # The first problem of each kind is a warning; repeats only go to debug so a broken server
@@ -696,13 +717,13 @@ class ChatClient:
         level = logging.DEBUG if kind in self._warned else logging.WARNING
         self._warned.add(kind)
         where = "outside any turn" if pending is None else "during a turn"
-        logger.log(level, "Kept an unusable frame from %s %s: %s", self.url, where, event.problem)
+        logger.log(level, "Kept an unusable frame from %s %s: %s", self._safe_url, where, event.problem)
 
     def _append_to_run_dir(self, turn: Turn) -> None:
         assert self.run_dir is not None
         folder = self.run_dir / "chat"
         folder.mkdir(parents=True, exist_ok=True)
-        record = turn.to_record() | {"url": self.url}
+        record = turn.to_record() | {"url": self._safe_url}
         with open(folder / "turns.jsonl", "a", encoding="utf-8") as file:
             file.write(json.dumps(record, default=str) + "\n")
 
@@ -711,7 +732,7 @@ class TurnStream:
     """The events of one turn as they arrive, for `for` and for `async for`.
 
     Iteration ends after the frame that ends the turn. If that frame was an `error`, iteration then
-    raises the `ChatServerError`; a closed connection or a timeout raise as in `send()`. `turn` holds
+    raises the `ChatServerError`; a closed connection or a timeout raise as in `send()`. `turn` contains
     what arrived so far at any point.
     """
 
@@ -823,6 +844,29 @@ def _close_frame(ws: Any) -> tuple[int | None, str | None]:
     return int(frame.code), frame.reason
 
 
+def _collector_endpoint(collector: Any) -> str | None:
+    if collector is None:
+        return None
+    endpoint = collector.endpoints.get("grpc")
+    if endpoint is None:
+        raise ConfigurationError(
+            "The collector has no OTLP gRPC receiver, which the chat client's spans need. Start it with a "
+            "`grpc_port` (0 picks a free port), or pass `otlp_endpoint`.")
+    return endpoint
+
+
+def _redact(url: str) -> str:
+    # Credentials in the URL's user info are replaced wherever the URL is shown: reprs, errors, logs, spans.
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"REDACTED:REDACTED@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _with_elapsed(event: ChatEvent, elapsed_ms: float) -> ChatEvent:
     return ChatEvent(event.type, event.data, elapsed_ms, event.raw, event.problem)
 
@@ -836,7 +880,7 @@ def _connection_error(url: str, exc: BaseException, open_timeout: float) -> Chat
         return ChatConnectionError(f"The server at {url} rejected the WebSocket handshake with HTTP {status}. {hint}",
                                    url, exc)
     if isinstance(exc, InvalidURI):
-        return ChatConnectionError(f"{url!r} is not a valid WebSocket URL: {exc}.", url, exc)
+        return ChatConnectionError(f"{url!r} is not a valid WebSocket URL: {exc.msg}.", url, exc)
     if isinstance(exc, TimeoutError):
         return ChatConnectionError(
             f"Opening {url} timed out after {open_timeout:g} s. Check that the agent is up, or raise `open_timeout`.",

@@ -73,20 +73,24 @@ Messages = Sequence[str] | Callable[[int, int], str]
 
 def run_sessions(url: str, sessions: int = 50, turns: int = 3, concurrency: int = 50,
                  messages: Messages | None = None, think_time_ms: float = 0, stream_audio: bool = True,
-                 **options: Any) -> pd.DataFrame:
+                 *, configuration: dict[str, Any] | None = None, turn_timeout: float = 120.0,
+                 open_timeout: float = 10.0, timeout: float | None = None, collector: Any = None,
+                 otlp_endpoint: str | None = None, user_id_prefix: str = "load",
+                 progress: bool = True) -> pd.DataFrame:
     """Run `sessions` chat sessions of `turns` requests each, at most `concurrency` at a time.
 
     `messages` is a list used in turn order (wrapping around) or a callable `(session, turn) -> str`.
-    Keyword options: `configuration`, `turn_timeout` and `open_timeout` (seconds, per turn and per
-    connection), `timeout` (seconds for the whole run, None for no limit), `collector` or `otlp_endpoint`
-    for the client spans, `user_id_prefix`, `progress` (show a progress bar, default True).
+    `turn_timeout` and `open_timeout` bound each turn and each connection, so every run ends; `timeout`
+    also caps the whole run (None for no cap). All three are in seconds. Client spans go to `collector` or `otlp_endpoint` as in `ChatClient`.
+    `progress` shows a progress bar (a widget in a notebook, text in a terminal).
 
-    Returns one row per planned turn; see `COLUMN_TYPES` for the columns. `error_code` holds the agent's
+    Returns one row per planned turn; see `COLUMN_TYPES` for the columns. `error_code` contains the agent's
     code or one of `CONNECTION_FAILED`, `CONNECTION_CLOSED`, `TURN_TIMEOUT`, `EMPTY_RESPONSE` (completed with
     no text), `CANCELLED` (cut off by `timeout`), `NOT_STARTED` (never sent before `timeout`).
     """
-    return _loop.run(run_sessions_async(url, sessions, turns, concurrency, messages, think_time_ms, stream_audio,
-                                        **options))
+    driver = _Driver.plan(url, sessions, turns, concurrency, messages, think_time_ms, stream_audio, configuration,
+                          turn_timeout, open_timeout, timeout, collector, otlp_endpoint, user_id_prefix, progress)
+    return _loop.run(driver.run())
 
 
 async def run_sessions_async(url: str, sessions: int = 50, turns: int = 3, concurrency: int = 50,
@@ -96,23 +100,39 @@ async def run_sessions_async(url: str, sessions: int = 50, turns: int = 3, concu
                              otlp_endpoint: str | None = None, user_id_prefix: str = "load",
                              progress: bool = True) -> pd.DataFrame:
     """Run the sessions from any event loop; see `run_sessions()`."""
-    _check_counts(sessions, turns, concurrency, think_time_ms, timeout)
-    pick = _message_picker(messages)
-    driver = _Driver(url, sessions, turns, concurrency, pick, think_time_ms / 1000.0, stream_audio,
-                     dict(configuration=configuration, turn_timeout=turn_timeout, open_timeout=open_timeout,
-                          collector=collector, otlp_endpoint=otlp_endpoint),
-                     f"{user_id_prefix}-{uuid.uuid4().hex[:6]}", progress, timeout)
+    driver = _Driver.plan(url, sessions, turns, concurrency, messages, think_time_ms, stream_audio, configuration,
+                          turn_timeout, open_timeout, timeout, collector, otlp_endpoint, user_id_prefix, progress)
     if _loop.in_loop_thread():
         return await driver.run()
     return await asyncio.wrap_future(_loop.submit(driver.run()))
 
 
 class _Driver:
-    """One `run_sessions` call: its plan, its rows and its progress bar."""
+    """Run one `run_sessions` call and keep its plan, rows and progress bar."""
+
+    @classmethod
+    def plan(cls, url: str, sessions: int, turns: int, concurrency: int, messages: Messages | None,
+             think_time_ms: float, stream_audio: bool, configuration: dict[str, Any] | None, turn_timeout: float,
+             open_timeout: float, timeout: float | None, collector: Any, otlp_endpoint: str | None,
+             user_id_prefix: str, progress: bool) -> _Driver:
+        """Check the arguments and create the driver and its progress bar on the caller's thread."""
+        _check_counts(sessions, turns, concurrency, think_time_ms, timeout)
+        pick = _message_picker(messages)
+        client_options = dict(configuration=configuration, turn_timeout=turn_timeout, open_timeout=open_timeout,
+                              collector=collector, otlp_endpoint=otlp_endpoint)
+        # Building one client checks the URL, timeouts and telemetry target before any session starts.
+        ChatClient(url, **client_options)
+        # A notebook progress widget is displayed where it is created, so it is created here, in the cell's
+        # thread, and only updated from the background loop.
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sessions * turns, desc="chat turns", unit="turn", disable=not progress)
+        return cls(url, sessions, turns, concurrency, pick, think_time_ms / 1000.0, stream_audio, client_options,
+                   f"{user_id_prefix}-{uuid.uuid4().hex[:6]}", bar, timeout)
 
     def __init__(self, url: str, sessions: int, turns: int, concurrency: int, pick: Callable[[int, int], str],
                  think_time: float, stream_audio: bool, client_options: dict[str, Any], run_id: str,
-                 progress: bool, timeout: float | None) -> None:
+                 bar: Any, timeout: float | None) -> None:
         self.url = url
         self.sessions = sessions
         self.turns = turns
@@ -121,25 +141,24 @@ class _Driver:
         self.stream_audio = stream_audio
         self.client_options = client_options
         self.run_id = run_id
-        self.progress = progress
+        self.bar = bar
         self.timeout = timeout
-        self.semaphore = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency
         self.rows: dict[tuple[int, int], dict[str, Any]] = {}
         self.errors = 0
-        self.bar: Any = None
+        # The (endpoint, API key) of the sessions' tracer, flushed once when the run ends.
+        self.flush: tuple[str | None, str | None] | None = None
 
     async def run(self) -> pd.DataFrame:
-        from tqdm.auto import tqdm
-
+        semaphore = asyncio.Semaphore(self.concurrency)
         for session in range(self.sessions):
             for turn in range(self.turns):
                 self.rows[session, turn] = _row(session, turn, self._user(session), self.pick(session, turn),
                                                 error_code=NOT_STARTED)
 
-        self.bar = tqdm(total=self.sessions * self.turns, desc="chat turns", unit="turn", disable=not self.progress)
-        tasks = [asyncio.ensure_future(self._session(session)) for session in range(self.sessions)]
+        tasks = [asyncio.ensure_future(self._session(session, semaphore)) for session in range(self.sessions)]
         try:
-            done, pending = await asyncio.wait(tasks, timeout=self.timeout)
+            _, pending = await asyncio.wait(tasks, timeout=self.timeout)
             if pending:
                 logger.warning("run_sessions stopped %d unfinished sessions after %s s", len(pending), self.timeout)
         finally:
@@ -147,22 +166,25 @@ class _Driver:
             # every session has closed its connection.
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
             self.bar.close()
-            endpoint = self.client_options["otlp_endpoint"] or (
-                self.client_options["collector"].endpoints["grpc"] if self.client_options["collector"] else None)
-            api_key = getattr(self.client_options["collector"], "api_key", None)
-            await asyncio.to_thread(_chat_tracing.force_flush, endpoint, api_key)
+            if self.flush is not None:
+                await asyncio.to_thread(_chat_tracing.force_flush, *self.flush)
 
+        # Chat failures are rows; anything else a session raised is a bug and must not hide behind rows.
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise outcome
         return _frame([self.rows[key] for key in sorted(self.rows)])
 
     def _user(self, session: int) -> str:
         return f"{self.run_id}-{session}"
 
-    async def _session(self, session: int) -> None:
-        async with self.semaphore:
+    async def _session(self, session: int, semaphore: asyncio.Semaphore) -> None:
+        async with semaphore:
             client = ChatClient(self.url, user_id=self._user(session), **self.client_options)
             client._flush_on_close = False
+            self.flush = (client.otlp_endpoint, client._otlp_api_key)
             try:
                 for turn in range(self.turns):
                     if turn and self.think_time:
@@ -192,7 +214,7 @@ class _Driver:
             code, message_text = CLIENT_ERROR, str(exc)
         except asyncio.CancelledError:
             self._record(session, index, _row(session, index, client.user_id, message, started_at=started_at,
-                                              error_code=CANCELLED, error_message="cut off by the run's timeout"))
+                                              error_code=CANCELLED, error_message="cut off by the run's timeout or an interrupt"))
             raise
 
         row = _row(session, index, client.user_id, message, turn=turn, started_at=started_at)

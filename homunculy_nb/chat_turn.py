@@ -7,7 +7,6 @@ text) and records each finding in `Turn.problems` instead of raising.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import dataclasses
 import json
@@ -34,7 +33,7 @@ class ChatEvent:
     """One frame received from the agent.
 
     `data` is the decoded JSON object, or None when the frame was not one. `raw` keeps the frame as received
-    only when it could not be used (`problem` then says why), so audio frames are not stored twice.
+    only when it could not be used (`problem` then gives the reason), so audio frames are not stored twice.
     """
 
     type: str | None
@@ -101,10 +100,11 @@ def decode_frame(frame: str | bytes, elapsed_ms: float) -> ChatEvent:
 class Turn:
     """One request and everything the agent streamed back for it.
 
-    Timings are milliseconds since the request was sent, measured on the client's monotonic clock:
-    `time_to_first_chunk_ms` is the first text chunk with text in it, `time_to_first_audio_ms` the first
-    audio chunk with bytes, `duration_ms` the frame that ended the turn (`complete`, `interrupted` or
-    `error`). They stay None when that frame never arrived.
+    Timings are milliseconds since the request was sent, measured on the client's monotonic clock.
+    `time_to_first_chunk_ms` is the arrival of the first text chunk with text in it, and
+    `time_to_first_audio_ms` of the first audio chunk with bytes. `duration_ms` is the arrival of the
+    frame that ended the turn (`complete`, `interrupted` or `error`). Each stays None until its frame
+    arrives.
     """
 
     message: str | None
@@ -166,13 +166,19 @@ class Turn:
             return EMPTY_RESPONSE
         return None
 
-    def elapsed_ms(self) -> float:
-        """Return the milliseconds since the request was sent."""
-        return (time.perf_counter() - self._started) * 1000.0
+    def elapsed_ms(self, at: float | None = None) -> float:
+        """Return the milliseconds from the request's send to `at` (a `time.perf_counter()` value, default now)."""
+        return ((time.perf_counter() if at is None else at) - self._started) * 1000.0
 
     def __repr__(self) -> str:
-        state = "completed" if self.completed else "interrupted" if self.interrupted else (
-            f"error {self.error.code}" if self.error else "streaming")
+        if self.completed:
+            state = "completed"
+        elif self.interrupted:
+            state = "interrupted"
+        elif self.error is not None:
+            state = f"error {self.error.code}"
+        else:
+            state = "streaming"
         preview = self.text[:40] + ("…" if len(self.text) > 40 else "")
         return (f"<Turn {state}: {preview!r}, {len(self.chunks)} text chunks, {len(self.audio_chunks)} audio "
                 f"chunks, first chunk {_ms(self.time_to_first_chunk_ms)}, duration {_ms(self.duration_ms)}, "
@@ -211,7 +217,8 @@ class Turn:
     def _apply_audio_chunk(self, data: dict[str, Any], elapsed_ms: float) -> bool:
         encoded = data.get("data") or ""
         try:
-            audio = base64.b64decode(encoded, validate=True)
+            # Strict mode rejects characters outside the alphabet, in C, without a regex pass over the data.
+            audio = binascii.a2b_base64(encoded, strict_mode=True)
         except (binascii.Error, TypeError, ValueError) as exc:
             self.problems.append(f"audio chunk {data.get('chunk_index')!r} is not valid base64: {exc}")
             audio = b""

@@ -8,7 +8,7 @@ The gRPC receiver serves `Export` of TraceService, MetricsService and LogsServic
 request bytes and decodes them itself, so an undecodable message gets INVALID_ARGUMENT with the reason
 instead of grpcio's generic deserialization failure. The HTTP receiver is a small HTTP/1.1 server
 (keep-alive, chunked bodies, gzip) serving `POST /v1/traces`, `/v1/metrics` and `/v1/logs` in protobuf
-or OTLP/JSON. Both answer as the OTLP specification says: an empty partial success when everything was
+or OTLP/JSON. Both reply as the OTLP specification requires: an empty partial success when everything was
 stored, a partial success with the rejected count otherwise, and `google.rpc.Status` errors.
 """
 
@@ -19,14 +19,16 @@ import logging
 import os
 import signal as signals_module
 import socket
+import sys
+import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -89,13 +91,19 @@ class CollectorLimits:
 class Collector(TelemetryQueries):
     """An OTLP receiver (gRPC and HTTP) that stores spans, logs and metrics for pandas queries.
 
-    Port 0 picks a free port; `endpoints` gives the bound URLs once started. Both servers run on
-    background threads, so `start()` returns at once. Querying works before `start()` and after
-    `stop()`; it returns whatever was stored.
+    Port 0 picks a free port and None turns that receiver off; `endpoints` gives the bound URLs once
+    started. Both servers run on background threads, so `start()` returns at once. Querying works
+    before `start()` and after `stop()` and returns whatever was stored.
     """
 
     def __init__(self, host: str = "127.0.0.1", grpc_port: int | None = 4317, http_port: int | None = 4318,
                  api_key: Any = None, limits: CollectorLimits | dict[str, int] | None = None) -> None:
+        for argument, port in (("grpc_port", grpc_port), ("http_port", http_port)):
+            if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535):
+                raise ConfigurationError(
+                    f"`{argument}={port!r}` is not a port. Pass 0-65535 (0 picks a free port) or None to turn "
+                    f"that receiver off."
+                )
         self.host = host
         self.grpc_port = grpc_port
         self.http_port = http_port
@@ -114,7 +122,10 @@ class Collector(TelemetryQueries):
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        where = "not started" if self._endpoints is None else f"grpc={self._endpoints.get('grpc')} http={self._endpoints.get('http')}"
+        if self._endpoints is None:
+            where = "not started"
+        else:
+            where = f"grpc={self._endpoints.get('grpc', 'off')} http={self._endpoints.get('http', 'off')}"
         counts = " ".join(f"{signal}={len(self.store.tables[signal])}" for signal in SIGNALS)
         return f"<Collector {where} {counts}>"
 
@@ -182,6 +193,29 @@ class Collector(TelemetryQueries):
         """The API key senders must pass in the `x-otlp-api-key` header or metadata, or None."""
         return self._api_key
 
+    def otlp_environment(self, protocol: str = "grpc") -> dict[str, str]:
+        """Return the standard OTEL_EXPORTER_OTLP_* variables that point an SDK at this collector.
+
+        `protocol` is "grpc" or "http/protobuf". The headers variable carries the API key, so the
+        result is for a child's environment only; never log or print it.
+        """
+        transport = {"grpc": "grpc", "http/protobuf": "http", "http": "http"}.get(protocol)
+        if transport is None:
+            raise ConfigurationError(f"OTLP protocol {protocol!r} is not served. Use 'grpc' or 'http/protobuf'.")
+        endpoint = self.endpoints.get(transport)
+        if endpoint is None:
+            raise CollectorError(
+                f"The collector's {transport} receiver is off. Create it with `{transport}_port=0` or a port."
+            )
+
+        environment = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc" if transport == "grpc" else "http/protobuf",
+        }
+        if self._api_key is not None:
+            environment["OTEL_EXPORTER_OTLP_HEADERS"] = f"{API_KEY_HEADER}={quote(self._api_key, safe='')}"
+        return environment
+
     def _url(self, port: int) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{port}"
@@ -200,7 +234,7 @@ class Collector(TelemetryQueries):
         batch = decode(signal, body, encoding)
         self.store.append(batch)
         if batch.rejected:
-            logger.warning("Partial success: %s", batch.error_message)
+            _log_rejection("partial success for a %s export: %s", signal, batch.error_message)
         return export_response(signal, batch)
 
     # --- gRPC --------------------------------------------------------------------------------------
@@ -225,13 +259,15 @@ class Collector(TelemetryQueries):
             port = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise CollectorError(
-                f"Could not bind the OTLP gRPC receiver to {address}: {exc}. Stop the process using port "
-                f"{self.grpc_port} or pass `grpc_port=0` to pick a free port."
+                f"Could not bind the OTLP gRPC receiver to {address}: {str(exc).rstrip('.')}. Stop the process "
+                f"using port {self.grpc_port} or pass `grpc_port=0` (`--grpc-port 0` on the command line) to pick "
+                "a free port."
             ) from exc
         if port == 0:
             raise CollectorError(
                 f"Could not bind the OTLP gRPC receiver to {address}. Stop the process using port "
-                f"{self.grpc_port} or pass `grpc_port=0` to pick a free port."
+                f"{self.grpc_port} or pass `grpc_port=0` (`--grpc-port 0` on the command line) to pick a free "
+                "port."
             )
         server.start()
         self._grpc_server = server
@@ -244,12 +280,13 @@ class Collector(TelemetryQueries):
             if self._api_key is not None:
                 metadata = dict(context.invocation_metadata())
                 if not self._authorized(metadata.get(API_KEY_HEADER)):
+                    _log_rejection("gRPC UNAUTHENTICATED for a %s export from %s", signal, context.peer())
                     context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                   f"Missing or wrong `{API_KEY_HEADER}` metadata; pass the collector's API key.")
             try:
                 response = self._ingest(signal, request, "protobuf")
             except InvalidExportError as exc:
-                logger.warning("Rejected an OTLP/gRPC %s export from %s: %s", signal, context.peer(), exc)
+                _log_rejection("gRPC INVALID_ARGUMENT for a %s export from %s: %s", signal, context.peer(), exc)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             return response.SerializeToString()
 
@@ -263,7 +300,8 @@ class Collector(TelemetryQueries):
         except OSError as exc:
             raise CollectorError(
                 f"Could not bind the OTLP HTTP receiver to {self.host}:{self.http_port}: {exc.strerror}. Stop "
-                f"the process using port {self.http_port} or pass `http_port=0` to pick a free port."
+                f"the process using port {self.http_port} or pass `http_port=0` (`--http-port 0` on the command "
+                "line) to pick a free port."
             ) from exc
         server.collector = self
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
@@ -354,6 +392,12 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - the base class's naming
         try:
             self._export()
+        except ConnectionError as exc:
+            # The sender went away mid-request (an app stopped while exporting, or `stop()` closing the
+            # connection), so no response can be sent.
+            self.close_connection = True
+            logger.debug("OTLP/HTTP connection from %s closed during %s %s: %s", self.client_address[0],
+                         self.command, self.path, exc)
         except Exception as exc:
             logger.exception("The OTLP/HTTP receiver failed on %s %s", self.command, self.path)
             self._reply_error(500, "json", f"Internal collector error: {type(exc).__name__}: {exc}", close=True)
@@ -407,7 +451,6 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
         try:
             response = collector._ingest(signal, body, encoding)
         except InvalidExportError as exc:
-            logger.warning("Rejected an OTLP/HTTP %s export from %s: %s", signal, self.client_address[0], exc)
             self._reply_error(400, encoding, str(exc))
             return
         payload = response_json(response) if encoding == "json" else response.SerializeToString()
@@ -422,7 +465,11 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
         try:
             length = int(length_header)
         except ValueError:
-            raise InvalidExportError(f"Content-Length {length_header!r} is not a number.") from None
+            length = -1
+        if length < 0:
+            # A negative length would make rfile.read() wait for the sender to close the connection.
+            self.close_connection = True
+            raise InvalidExportError(f"Content-Length {length_header!r} is not a non-negative integer.")
         if length > limit:
             raise _BodyTooLarge(f"The body has {length} bytes, more than the collector's limit of {limit} bytes "
                                 "(CollectorLimits.http_body_bytes). Send smaller batches.")
@@ -440,8 +487,11 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
             try:
                 size = int(line.split(b";", 1)[0].strip(), 16)
             except ValueError:
+                size = -1
+            if size < 0:
                 self.close_connection = True
-                raise InvalidExportError(f"Invalid chunk size line {line[:40]!r} in a chunked body.") from None
+                raise InvalidExportError(f"Invalid chunk size line {line[:40]!r} in a chunked body: expected a "
+                                         "non-negative hexadecimal size.")
             if size == 0:
                 while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                     pass
@@ -467,11 +517,19 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
         self._headers_buffer.append(b"\r\n")
         if self.command != "HEAD":
             self._headers_buffer.append(payload)
-        self.flush_headers()
+        try:
+            self.flush_headers()
+        except ConnectionError as exc:
+            self._headers_buffer = []
+            self.close_connection = True
+            logger.debug("Could not send the HTTP %d response to %s, which closed the connection: %s", status,
+                         self.client_address[0], exc)
 
     def _reply_error(self, status: int, encoding: str, message: str, close: bool = False,
                      extra_headers: dict[str, str] | None = None) -> None:
         """Reply with a google.rpc.Status body, the error format OTLP/HTTP prescribes."""
+        _log_rejection("HTTP %d for %s %s from %s: %s", status, self.command, self.path, self.client_address[0],
+                       message)
         code = _RPC_CODES.get(status, 2)
         if encoding == "json":
             import json
@@ -482,6 +540,18 @@ class _OTLPRequestHandler(BaseHTTPRequestHandler):
 
             payload = status_pb2.Status(code=code, message=message).SerializeToString()
         self._reply(status, encoding, payload, close=close, extra_headers=extra_headers)
+
+
+_rejections = 0
+_REJECTIONS_LOGGED_IN_FULL = 20
+
+
+def _log_rejection(message: str, *args: Any) -> None:
+    """Log a rejected request at WARNING; past the first 20, only every 100th, so a broken sender cannot flood."""
+    global _rejections
+    _rejections += 1
+    if _rejections <= _REJECTIONS_LOGGED_IN_FULL or _rejections % 100 == 0:
+        logger.warning("Rejected request #%d: " + message, _rejections, *args)
 
 
 def _gunzip(body: bytes, limit: int) -> bytes:
@@ -506,6 +576,9 @@ def serve(host: str = "127.0.0.1", grpc_port: int = 4317, http_port: int = 4318,
     Signal handlers are installed only when called from the main thread; elsewhere it runs until
     KeyboardInterrupt.
     """
+    if save_to is not None:
+        _check_writable_directory(Path(save_to))
+
     stopped = threading.Event()
     collector = Collector(host, grpc_port, http_port, api_key=api_key).start()
     previous: dict[int, Any] = {}
@@ -530,7 +603,28 @@ def serve(host: str = "127.0.0.1", grpc_port: int = 4317, http_port: int = 4318,
             signals_module.signal(number, handler)
         collector.stop()
         if save_to is not None:
-            path = collector.save(save_to)
+            try:
+                path = collector.save(save_to)
+            except OSError as exc:
+                # The save can still fail here (directory removed, disk full), so the telemetry goes to a
+                # temporary directory instead of being lost.
+                fallback = tempfile.mkdtemp(prefix="homunculy-nb-telemetry-")
+                print(f"Could not save to {save_to}: {exc}. Saving to {fallback} instead.", file=sys.stderr,
+                      flush=True)
+                path = collector.save(fallback)
             counts = collector.stats()["stored"].to_dict()
             print(f"Saved {counts['spans']} spans, {counts['logs']} log records and {counts['metrics']} metric "
                   f"points to {path}.", flush=True)
+
+
+def _check_writable_directory(directory: Path) -> None:
+    """Create `directory` and check it takes files, so a bad --save-to fails now and not after the run."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise ConfigurationError(
+            f"Cannot save telemetry to {str(directory)!r}: {exc.strerror or exc}. Pass a writable directory "
+            f"to --save-to."
+        ) from exc

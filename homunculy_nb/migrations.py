@@ -5,20 +5,24 @@ A changelog is one of:
 - a Liquibase master XML changelog with `<include file=...>`, `<includeAll path=...>` and
   `<changeSet>` elements holding `<sql>` or `<sqlFile>`;
 - a formatted SQL file: `--liquibase formatted sql`, then `--changeset author:id [attribute:value ...]`
-  blocks with optional `--comment:`, `--rollback`, `--validCheckSum:` and `--precondition-*` lines;
+  blocks with optional `--comment:`, `--rollback`, `--validCheckSum:`, `--preconditions` and
+  `--precondition-*` lines;
 - a folder of `.sql` files, applied in alphabetical order of their paths, a plain file as one change set.
 
 Each change set runs once, in a transaction together with its row in `databasechangelog` (Liquibase's
 columns). A session-level advisory lock keeps two runners from applying the same changelog at once.
 
+Preconditions of kinds `sql-check` and `table-exists` are evaluated, with onFail/onError HALT,
+CONTINUE, MARK_RAN or WARN. Other kinds are logged and skipped.
+
 NOTE: checksums are MD5 digests of the normalized SQL, not Liquibase's own checksum format, so a
-database migrated here and later by Liquibase needs `liquibase clear-checksums` first. Preconditions
-are read and ignored.
+database migrated here and later by Liquibase needs `liquibase clear-checksums` first.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
 import os
@@ -26,13 +30,23 @@ import re
 import sys
 import time
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from homunculy_nb import __version__
 from homunculy_nb.errors import MigrationError
+
+__all__ = [
+    "AppliedChangeSet",
+    "ChangeSet",
+    "Precondition",
+    "apply_changelog",
+    "main",
+    "parse_changelog",
+    "split_statements",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,14 +82,39 @@ _HEADER = re.compile(r"^--\s*liquibase\s+formatted\s+sql\b(?P<rest>.*)$", re.IGN
 _CHANGESET = re.compile(r"^--\s*changeset\s+(?P<rest>.*)$", re.IGNORECASE)
 _COMMENT = re.compile(r"^--\s*comment:?\s*(?P<text>.*)$", re.IGNORECASE)
 _ROLLBACK = re.compile(r"^--\s*rollback\b", re.IGNORECASE)
-_PRECONDITION = re.compile(r"^--\s*precondition", re.IGNORECASE)
+_PRECONDITION = re.compile(r"^--\s*precondition-(?P<kind>[\w-]+)\s*(?P<rest>.*)$", re.IGNORECASE)
+_PRECONDITIONS = re.compile(r"^--\s*preconditions\b(?P<rest>.*)$", re.IGNORECASE)
 _VALID_CHECKSUM = re.compile(r"^--\s*validCheckSum:?\s*(?P<value>.*)$", re.IGNORECASE)
 _IGNORE_LINES = re.compile(r"^--\s*ignoreLines:\s*(?P<value>\S+)", re.IGNORECASE)
+_ROLLBACK_BLOCK = re.compile(r"^/\*\s*liquibase\s+rollback\b", re.IGNORECASE)
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
 _ATTRIBUTE = re.compile(r'(?P<key>[A-Za-z]+):(?P<value>"[^"]*"|\'[^\']*\'|\S*)')
 
 
 # ---------------------------------------------------------------------------------------------------
 # Model
+
+
+@dataclass(frozen=True)
+class Precondition:
+    """A check that runs before a pending change set: `sql-check` (`expected` compared with the first
+    column of the first row) or `table-exists` (`table`, optional `schema`)."""
+
+    kind: str
+    sql: str = ""
+    expected: str = ""
+    table: str = ""
+    schema: str = ""
+
+    def describe(self) -> str:
+        if self.kind == "sql-check":
+            return f"sql-check expectedResult:{self.expected} {self.sql}"
+        return f"table-exists {self.schema + '.' if self.schema else ''}{self.table}"
+
+
+# Actions on a failed precondition: HALT stops the run, CONTINUE skips the change set until the next
+# run, MARK_RAN records it as run without running it, WARN runs it anyway.
+PRECONDITION_ACTIONS = ("HALT", "CONTINUE", "MARK_RAN", "WARN")
 
 
 @dataclass(frozen=True)
@@ -102,6 +141,9 @@ class ChangeSet:
     ignore: bool = False
     valid_checksums: tuple[str, ...] = ()
     description: str = "sql"
+    preconditions: tuple[Precondition, ...] = ()
+    on_fail: str = "HALT"
+    on_error: str = "HALT"
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -133,7 +175,9 @@ class AppliedChangeSet:
     """The outcome of one change set in `apply_changelog`.
 
     `exec_type` is "EXECUTED" (first run), "RERAN" (runOnChange or runAlways), "SKIPPED" (already
-    applied, or filtered out by context, labels, dbms or ignore) or "FAILED" (failOnError:false).
+    applied, filtered out by context, labels, dbms or ignore, or a failed precondition with
+    onFail:CONTINUE), "MARK_RAN" (a failed precondition with onFail:MARK_RAN) or "FAILED"
+    (failOnError:false).
     """
 
     id: str
@@ -177,7 +221,7 @@ def _scan(sql: str) -> Iterable[tuple[int, int, str]]:
         elif char == '"':
             end = _quoted_end(sql, i, '"', backslash=False)
             kind = "string"
-        elif char == "$" and (match := re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$", sql[i:])) and not _in_identifier(sql, i):
+        elif char == "$" and (match := _DOLLAR_TAG.match(sql, i)) and not _in_identifier(sql, i):
             tag = match.group(0)
             close = sql.find(tag, i + len(tag))
             end = n if close == -1 else close + len(tag)
@@ -285,6 +329,7 @@ class _ParseContext:
     root: Path
     seen: set[tuple[str, str, str]] = field(default_factory=set)
     visiting: list[Path] = field(default_factory=list)
+    parsed: set[Path] = field(default_factory=set)
 
 
 def parse_changelog(path: str | os.PathLike[str]) -> list[ChangeSet]:
@@ -300,7 +345,7 @@ def parse_changelog(path: str | os.PathLike[str]) -> list[ChangeSet]:
     root = changelog if changelog.is_dir() else changelog.parent
     context = _ParseContext(root=root)
     if changelog.is_dir():
-        change_sets = _parse_folder(changelog, context)
+        change_sets = _parse_folder(changelog, context, suffixes=(".sql",))
     else:
         change_sets = _parse_file(changelog, context)
 
@@ -323,7 +368,13 @@ def _parse_file(path: Path, context: _ParseContext) -> list[ChangeSet]:
         chain = " -> ".join(str(item) for item in [*context.visiting, path])
         raise MigrationError(f"The changelog includes itself: {chain}. Remove the circular include.")
 
+    if path in context.parsed:
+        # Included twice (say by <include> and by <includeAll>): its change sets run once, in the first place.
+        logger.debug("Skipping %s, which the changelog already included", path)
+        return []
+
     context.visiting.append(path)
+    context.parsed.add(path)
     try:
         suffix = path.suffix.lower()
         if suffix == ".xml":
@@ -338,13 +389,23 @@ def _parse_file(path: Path, context: _ParseContext) -> list[ChangeSet]:
         context.visiting.pop()
 
 
-def _parse_folder(folder: Path, context: _ParseContext, allow_empty: bool = False) -> list[ChangeSet]:
+def _parse_folder(
+    folder: Path, context: _ParseContext, suffixes: tuple[str, ...] = (".sql", ".xml"), allow_empty: bool = False,
+) -> list[ChangeSet]:
+    """Parse the files under `folder` with the given suffixes, in alphabetical order of their paths.
+
+    The changelog that includes the folder is left out, as Liquibase's includeAll does.
+    """
     files = sorted(
-        (candidate for candidate in folder.rglob("*") if candidate.is_file() and candidate.suffix.lower() in (".sql", ".xml")),
+        (
+            candidate
+            for candidate in folder.rglob("*")
+            if candidate.is_file() and candidate.suffix.lower() in suffixes and candidate not in context.visiting
+        ),
         key=lambda candidate: candidate.relative_to(folder).as_posix(),
     )
     if not files and not allow_empty:
-        raise MigrationError(f"The changelog folder {folder} holds no .sql or .xml files.")
+        raise MigrationError(f"The changelog folder {folder} contains no {' or '.join(suffixes)} files.")
 
     change_sets: list[ChangeSet] = []
     for file in files:
@@ -369,7 +430,7 @@ def _parse_sql_file(path: Path, context: _ParseContext) -> list[ChangeSet]:
         # A plain SQL file: one change set, named as Liquibase names an included raw SQL file.
         return [ChangeSet(author=RAW_AUTHOR, id=RAW_ID, filename=_logical_name(path, context), sql=text, source=path)]
 
-    header_attributes = _parse_attributes(header.group("rest"), path, 1)
+    header_attributes = _parse_attributes(header.group("rest"))
     filename = header_attributes.get("logicalFilePath") or _logical_name(path, context)
     return _parse_formatted_sql(lines, path, filename)
 
@@ -379,6 +440,7 @@ def _parse_formatted_sql(lines: list[str], path: Path, filename: str) -> list[Ch
     current: dict[str, Any] | None = None
     body: list[str] = []
     ignoring = False
+    in_rollback_block = False
 
     def finish() -> None:
         if current is not None:
@@ -394,6 +456,11 @@ def _parse_formatted_sql(lines: list[str], path: Path, filename: str) -> list[Ch
         if ignoring:
             continue
 
+        # A `/* liquibase rollback ... */` block holds rollback SQL, which is never run here.
+        if in_rollback_block or _ROLLBACK_BLOCK.match(stripped):
+            in_rollback_block = "*/" not in stripped
+            continue
+
         changeset = _CHANGESET.match(stripped)
         if changeset:
             finish()
@@ -401,7 +468,21 @@ def _parse_formatted_sql(lines: list[str], path: Path, filename: str) -> list[Ch
             body = []
             continue
 
-        if _HEADER.match(stripped) or _ROLLBACK.match(stripped) or _PRECONDITION.match(stripped):
+        if _HEADER.match(stripped) or _ROLLBACK.match(stripped):
+            continue
+
+        policy = _PRECONDITIONS.match(stripped)
+        if policy:
+            if current is not None:
+                current.update(_precondition_policy(_parse_attributes(policy.group("rest")), path, number))
+            continue
+
+        precondition = _PRECONDITION.match(stripped)
+        if precondition:
+            if current is not None:
+                parsed = _parse_precondition(precondition.group("kind"), precondition.group("rest"), path, number)
+                if parsed is not None:
+                    current["preconditions"] += (parsed,)
             continue
 
         comment = _COMMENT.match(stripped)
@@ -425,7 +506,7 @@ def _parse_formatted_sql(lines: list[str], path: Path, filename: str) -> list[Ch
 
     finish()
     if not change_sets:
-        raise MigrationError(f"The formatted SQL file {path} holds no `--changeset author:id` line.")
+        raise MigrationError(f"The formatted SQL file {path} contains no `--changeset author:id` line.")
     return change_sets
 
 
@@ -446,11 +527,11 @@ _TEXT_ATTRIBUTES = {
     "labels": "labels",
     "dbms": "dbms",
 }
-# Attributes Liquibase knows that do not change how a change set runs here.
+# Liquibase attributes that do not change how a change set runs here.
 _IGNORED_ATTRIBUTES = {"rollbackSplitStatements", "rollbackEndDelimiter", "created", "runOrder", "logicalFilePath"}
 
 
-def _parse_attributes(text: str, path: Path, line: int) -> dict[str, str]:
+def _parse_attributes(text: str) -> dict[str, str]:
     attributes = {}
     for match in _ATTRIBUTE.finditer(text):
         value = match.group("value")
@@ -467,7 +548,7 @@ def _parse_changeset_line(rest: str, path: Path, line: int, filename: str) -> di
             f"{path}:{line}: `--changeset {rest.strip()}` has no `author:id`. Write `--changeset alice:1`."
         )
 
-    attributes = _parse_attributes(identity.group("rest"), path, line)
+    attributes = _parse_attributes(identity.group("rest"))
     fields: dict[str, Any] = {
         "author": identity.group("quoted") or identity.group("author"),
         "id": identity.group("id"),
@@ -476,6 +557,7 @@ def _parse_changeset_line(rest: str, path: Path, line: int, filename: str) -> di
         "line": line,
         "comments": "",
         "valid_checksums": (),
+        "preconditions": (),
     }
     for key, value in attributes.items():
         if key in _BOOLEAN_ATTRIBUTES:
@@ -485,6 +567,40 @@ def _parse_changeset_line(rest: str, path: Path, line: int, filename: str) -> di
         elif key not in _IGNORED_ATTRIBUTES:
             logger.warning("%s:%s: ignoring the unknown change set attribute `%s`", path, line, key)
     return fields
+
+
+def _precondition_policy(attributes: dict[str, str], path: Path, line: int) -> dict[str, str]:
+    policy = {}
+    for key, field_name in (("onFail", "on_fail"), ("onError", "on_error")):
+        value = attributes.get(key)
+        if value is None:
+            continue
+        if value.upper() not in PRECONDITION_ACTIONS:
+            raise MigrationError(
+                f"{path}:{line}: `{key}:{value}` is not one of {', '.join(PRECONDITION_ACTIONS)}."
+            )
+        policy[field_name] = value.upper()
+    return policy
+
+
+def _parse_precondition(kind: str, rest: str, path: Path, line: int) -> Precondition | None:
+    kind = kind.lower()
+    if kind == "sql-check":
+        match = re.match(r"^expectedResult:(?P<expected>\"[^\"]*\"|'[^']*'|\S+)\s+(?P<sql>.+)$", rest.strip())
+        if match is None:
+            raise MigrationError(
+                f"{path}:{line}: write a SQL check as `--precondition-sql-check expectedResult:0 SELECT ...`."
+            )
+        expected = match.group("expected").strip("\"'")
+        return Precondition("sql-check", sql=match.group("sql").strip(), expected=expected)
+    if kind == "table-exists":
+        attributes = _parse_attributes(rest)
+        table = attributes.get("table") or attributes.get("tableName")
+        if not table:
+            raise MigrationError(f"{path}:{line}: write `--precondition-table-exists table:NAME [schema:NAME]`.")
+        return Precondition("table-exists", table=table, schema=attributes.get("schema") or attributes.get("schemaName") or "")
+    logger.warning("%s:%s: the precondition `%s` is not evaluated here; the change set runs without it", path, line, kind)
+    return None
 
 
 def _boolean(value: str, key: str, path: Path, line: int) -> bool:
@@ -630,7 +746,10 @@ def _parse_xml_change_set(element: ElementTree.Element, path: Path, filename: st
         elif tag == "comment":
             comments = (child.text or "").strip()
             continue
-        elif tag in ("rollback", "preConditions", "validCheckSum"):
+        elif tag == "preConditions":
+            settings.update(_parse_xml_preconditions(child, path))
+            continue
+        elif tag in ("rollback", "validCheckSum"):
             continue
         else:
             raise MigrationError(
@@ -663,6 +782,23 @@ def _parse_xml_change_set(element: ElementTree.Element, path: Path, filename: st
         valid_checksums=valid,
         **settings,
     )
+
+
+def _parse_xml_preconditions(element: ElementTree.Element, path: Path) -> dict[str, Any]:
+    settings: dict[str, Any] = _precondition_policy(dict(element.attrib), path, 0)
+    checks = []
+    for child in element:
+        if not isinstance(child.tag, str):
+            continue
+        tag = _local(child.tag)
+        if tag == "sqlCheck":
+            checks.append(Precondition("sql-check", sql=(child.text or "").strip(), expected=child.get("expectedResult", "")))
+        elif tag == "tableExists":
+            checks.append(Precondition("table-exists", table=child.get("tableName", ""), schema=child.get("schemaName", "")))
+        else:
+            logger.warning("%s: the precondition <%s> is not evaluated here; the change set runs without it", path, tag)
+    settings["preconditions"] = tuple(checks)
+    return settings
 
 
 def _read_sql_file_element(element: ElementTree.Element, path: Path) -> str:
@@ -760,7 +896,7 @@ def apply_changelog(
     contexts: Sequence[str] | None = None,
     labels: str | None = None,
     lock_timeout: float = 300.0,
-    on_result: Any = None,
+    on_result: Callable[[AppliedChangeSet], None] | None = None,
 ) -> list[AppliedChangeSet]:
     """Apply every pending change set of `changelog` to the database at `conninfo`, in order.
 
@@ -778,22 +914,40 @@ def apply_changelog(
     except psycopg.Error as exc:
         raise MigrationError(f"Could not connect to the database: {redact(str(exc), conninfo)}") from exc
 
-    with connection:
-        _acquire_lock(connection, lock_timeout)
-        try:
-            connection.execute(_CREATE_CHANGELOG_TABLE)
-            applied = _applied_rows(connection)
-            _check_checksums(change_sets, applied)
-            deployment_id = str(int(time.time() * 1000))[-10:]
-            results = []
-            for change_set in change_sets:
-                result = _apply_one(connection, change_set, applied, contexts, labels, deployment_id)
-                results.append(result)
-                if on_result is not None:
-                    on_result(result)
-            return results
-        finally:
-            connection.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+    try:
+        with connection:
+            _acquire_lock(connection, lock_timeout)
+            try:
+                return _apply_all(connection, change_sets, contexts, labels, on_result)
+            finally:
+                # Ending the session releases the lock too; unlocking first keeps a pooled session clean.
+                with contextlib.suppress(psycopg.Error):
+                    connection.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+    except psycopg.Error as exc:
+        raise MigrationError(
+            f"The database failed while applying {changelog}: {redact(str(exc).strip(), conninfo)}"
+        ) from exc
+
+
+def _apply_all(
+    connection: Any,
+    change_sets: list[ChangeSet],
+    contexts: Sequence[str] | None,
+    labels: str | None,
+    on_result: Callable[[AppliedChangeSet], None] | None,
+) -> list[AppliedChangeSet]:
+    connection.execute(_CREATE_CHANGELOG_TABLE)
+    applied = _applied_rows(connection)
+    _check_checksums(change_sets, applied)
+
+    deployment_id = str(int(time.time() * 1000))[-10:]
+    results = []
+    for change_set in change_sets:
+        result = _apply_one(connection, change_set, applied, contexts, labels, deployment_id)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results
 
 
 def _acquire_lock(connection: Any, timeout: float) -> None:
@@ -802,10 +956,12 @@ def _acquire_lock(connection: Any, timeout: float) -> None:
         if connection.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]:
             return
         if time.monotonic() > deadline:
+            # pg_locks shows a bigint advisory key as its high and low 32 bits, objsubid 1.
             holder = connection.execute(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND ((classid::bigint << 32) | objid::bigint) = %s",
-                (LOCK_KEY & 0xFFFFFFFFFFFFFFFF,),
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+                "AND classid::bigint = %s AND objid::bigint = %s AND database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())",
+                ((LOCK_KEY >> 32) & 0xFFFFFFFF, LOCK_KEY & 0xFFFFFFFF),
             ).fetchone()
             who = f"the session with backend pid {holder[0]}" if holder else "another session"
             raise MigrationError(
@@ -875,6 +1031,16 @@ def _apply_one(
     if row is not None and not change_set.run_always and not (change_set.run_on_change and changed):
         return outcome("SKIPPED", reason="already applied", order_executed=row.order)
 
+    verdict = _check_preconditions(connection, change_set)
+    if verdict in ("CONTINUE", "MARK_RAN") and row is None:
+        if verdict == "CONTINUE":
+            return outcome("SKIPPED", reason="precondition failed (onFail:CONTINUE)")
+        order = _record(connection, change_set, "MARK_RAN", deployment_id)
+        applied[change_set.key] = _AppliedRow(change_set.checksum, order)
+        return outcome("MARK_RAN", order_executed=order, reason="precondition failed (onFail:MARK_RAN)")
+    if verdict in ("CONTINUE", "MARK_RAN"):
+        return outcome("SKIPPED", reason=f"precondition failed (onFail:{verdict})", order_executed=row.order)
+
     exec_type = "EXECUTED" if row is None else "RERAN"
     started = time.monotonic()
     try:
@@ -897,11 +1063,57 @@ def _apply_one(
     return outcome(exec_type, order_executed=order, duration_s=time.monotonic() - started)
 
 
+def _check_preconditions(connection: Any, change_set: ChangeSet) -> str:
+    """Evaluate the change set's preconditions and return "PASS" or the action their failure calls for.
+
+    Raises `MigrationError` when that action is HALT.
+    """
+    import psycopg
+
+    for precondition in change_set.preconditions:
+        try:
+            passed = _precondition_holds(connection, precondition)
+            action, what = change_set.on_fail, "failed"
+        except psycopg.Error as exc:
+            passed = False
+            action, what = change_set.on_error, f"raised an error ({str(exc).strip()})"
+        if passed:
+            continue
+
+        message = (
+            f"The precondition `{precondition.describe()}` of the change set `{change_set.id}` by "
+            f"`{change_set.author}` in {change_set.filename} {what}"
+        )
+        if action == "HALT":
+            raise MigrationError(f"{message}. Fix the database or set onFail/onError on `--preconditions`.")
+        if action == "WARN":
+            logger.warning("%s; running the change set anyway (WARN)", message)
+            continue
+        logger.info("%s; %s", message, action)
+        return action
+    return "PASS"
+
+
+def _precondition_holds(connection: Any, precondition: Precondition) -> bool:
+    if precondition.kind == "table-exists":
+        name = f"{precondition.schema}.{precondition.table}" if precondition.schema else precondition.table
+        return connection.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
+
+    # Checked in a transaction that is rolled back, so the check cannot change the database.
+    with connection.transaction(force_rollback=True):
+        row = connection.execute(precondition.sql, prepare=False).fetchone()
+    value = "" if row is None or row[0] is None else str(row[0])
+    return value.strip().lower() == precondition.expected.strip().lower()
+
+
 def _execute_and_record(connection: Any, change_set: ChangeSet, exec_type: str, deployment_id: str) -> int:
     for statement in change_set.statements():
-        # Executed without parameters, so a statement may hold `%` and several commands.
-        connection.execute(statement.encode(), prepare=False)
+        # Executed without parameters, so a statement may contain `%` and several commands.
+        connection.execute(statement, prepare=False)
+    return _record(connection, change_set, exec_type, deployment_id)
 
+
+def _record(connection: Any, change_set: ChangeSet, exec_type: str, deployment_id: str) -> int:
     order = connection.execute(f"SELECT COALESCE(MAX(orderexecuted), 0) + 1 FROM {CHANGELOG_TABLE}").fetchone()[0]
     values = {
         "id": change_set.id,

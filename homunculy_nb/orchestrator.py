@@ -14,6 +14,7 @@ import asyncio
 import atexit
 import collections
 import enum
+import functools
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -42,6 +44,7 @@ from homunculy_nb.expressions import HOST, ResolveContext, resolve_part
 from homunculy_nb.health import probe
 from homunculy_nb.parameters import MASK, Parameter, Secret
 from homunculy_nb.runtimes.base import Launch, Running, Runtime, find_runtime
+from homunculy_nb.runtimes.process import run_blocking
 from homunculy_nb.stack import AllocatedEndpoint, Resource, Wait
 from homunculy_nb.state import StateDir, launcher_alive, launcher_record, stop_orphans
 
@@ -55,7 +58,7 @@ logger = logging.getLogger(__name__)
 LOG_BUFFER = 100_000       # console lines kept in memory per stack
 ERROR_TAIL = 20            # last lines of a resource shown in a startup error
 HEALTH_POLL_FIRST = 0.02   # seconds between health probes right after start, growing to HEALTH_POLL_MAX
-HEALTH_POLL_MAX = 0.25
+HEALTH_POLL_MAX = 0.1
 HEALTH_POLL_HEALTHY = 2.0  # seconds between probes once healthy
 
 
@@ -96,7 +99,7 @@ class ResourceEvent:
 
 
 class ResourceRun:
-    """What the orchestrator knows about one resource at run time."""
+    """The run-time record of one resource: state, health, process handle, exit code, recent lines."""
 
     def __init__(self, resource: Resource) -> None:
         self.resource = resource
@@ -114,10 +117,15 @@ class ResourceRun:
         self.stopping = False
         self.tail: collections.deque[str] = collections.deque(maxlen=ERROR_TAIL)
         self.log_handle: Any = None
+        self.log_started = False
 
     @property
     def name(self) -> str:
         return self.resource.name
+
+
+# The orchestrator that writes each state directory's state file, by directory.
+_state_owners: weakref.WeakValueDictionary[Path, Orchestrator] = weakref.WeakValueDictionary()
 
 
 def _now() -> datetime:
@@ -143,6 +151,8 @@ class Orchestrator:
         self._launcher: dict[str, Any] | None = None
         self._atexit_registered = False
         self._reserved_ports: set[int] = set()
+        # "cli" when `homunculy-nb up` runs the stack, so `homunculy-nb down` may signal that process.
+        self.launcher_kind = "python"
 
     # -- model bookkeeping
 
@@ -279,9 +289,22 @@ class Orchestrator:
 
     def _remember_secret(self, value: str) -> None:
         # Short values would mask ordinary words in logs; they are still never printed on purpose.
-        if len(value) >= 4:
-            self._secret_values.add(value)
-            self._secret_values.add(urllib.parse.quote(value, safe=""))
+        if len(value) < 4:
+            return
+
+        # Apps print a secret inside JSON logs, Python reprs and URLs too, where quotes, backslashes and
+        # non-ASCII letters appear escaped, so each escaped form is masked as well.
+        forms = {
+            value,
+            urllib.parse.quote(value, safe=""),
+            urllib.parse.quote(value),
+            urllib.parse.quote_plus(value),
+            json.dumps(value)[1:-1],
+            json.dumps(value, ensure_ascii=False)[1:-1],
+            repr(value)[1:-1],
+            ascii(value)[1:-1],
+        }
+        self._secret_values.update(form for form in forms if len(form) >= 4)
 
     def on_event(self, callback: Callable[[ResourceEvent], None]) -> Callable[[], None]:
         self._event_subscribers.append(callback)
@@ -294,7 +317,7 @@ class Orchestrator:
     # -- state file
 
     def _write_state(self) -> None:
-        if self._launcher is None:
+        if self._launcher is None or _state_owners.get(self.state_dir.root) is not self:
             return
         resources: dict[str, Any] = {}
         for run in self.runs.values():
@@ -321,11 +344,14 @@ class Orchestrator:
         except OSError as exc:
             logger.warning("Failed to write the state file %s: %s", self.state_dir.state_file, exc)
 
-    def _prepare(self) -> None:
+    async def _prepare(self) -> None:
         """Create the state directory, stop what a crashed launcher left, and register the exit hook."""
         if self._launcher is not None:
             return
 
+        # A newer orchestrator of the same state directory in this process (a re-run notebook cell)
+        # takes the state file over; the older one stops writing it.
+        _state_owners[self.state_dir.root] = self
         self.state_dir.prepare()
         previous = self.state_dir.read()
         other = launcher_alive(previous)
@@ -335,11 +361,11 @@ class Orchestrator:
                     f"Stack `{self.stack.name}` is already running, launched by pid {other}. Stop it there, "
                     f"or run `homunculy-nb down {self.stack.state_dir}`."
                 )
-        stopped = stop_orphans(self.state_dir)
+        stopped = await run_blocking(stop_orphans, self.state_dir)
         if stopped:
             logger.warning("Stopped resources left behind by an earlier run: %s", ", ".join(stopped))
 
-        self._launcher = launcher_record()
+        self._launcher = launcher_record(self.launcher_kind)
         if not self._atexit_registered:
             atexit.register(self._stop_at_exit)
             self._atexit_registered = True
@@ -493,7 +519,8 @@ class Orchestrator:
             "bind_mounts": list(getattr(resource, "bind_mounts", [])),
             "volumes": list(getattr(resource, "volumes", [])),
             "entrypoint": getattr(resource, "entrypoint", None),
-            "args": args,
+            "args": args or None,
+            "run_id": self.run_id,
             "dockerfile": getattr(resource, "dockerfile", None),
             "network": f"homunculy-nb-{self.stack.name}",
             "labels": {"homunculy-nb.stack": self.stack.name, "homunculy-nb.resource": resource.name,
@@ -527,13 +554,22 @@ class Orchestrator:
         raise ConfigurationError(f"`{resource.name}` has kind {resource.kind!r}, which no runtime starts.")
 
     def _preflight(self, runs: list[ResourceRun]) -> None:
-        """Resolve every launch once, so a missing parameter or runtime fails before anything starts."""
+        """Resolve every launch once, so a missing parameter, file or runtime fails before anything starts."""
         for run in runs:
+            _check_paths(run.resource)
             key, launch = self._build_launch(run)
             if key is None:
                 continue
             runtime = self._runtime(key, run.resource)
             runtime.check_available(launch)
+            if key == "postgres":
+                # Name the install command before anything starts, not when the server is launched.
+                from homunculy_nb.runtimes.postgres import find_postgres_bin
+
+                try:
+                    find_postgres_bin("postgres")
+                except RuntimeUnavailableError as exc:
+                    raise RuntimeUnavailableError(f"Cannot start `{run.name}`: {exc}", run.name) from exc
 
     # -- one resource
 
@@ -560,6 +596,16 @@ class Orchestrator:
         return None
 
     async def _run_resource(self, run: ResourceRun) -> None:
+        try:
+            await self._wait_and_launch(run)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug here must still show up as the resource's state
+            logger.exception("Running `%s` failed", run.name)
+            run.last_error = self.mask(_describe_error(exc))
+            self._set_state(run, S.FAILED_TO_START if run.running is None else S.EXITED, run.last_error)
+
+    async def _wait_and_launch(self, run: ResourceRun) -> None:
         waits = self._waits(run.resource)
         if waits:
             pending = ", ".join(f"`{w.resource.name}` {'healthy' if w.condition == 'healthy' else 'completed'}"
@@ -586,6 +632,7 @@ class Orchestrator:
 
         # The database lives as long as its server runs.
         await self._until(lambda: True if server.state not in ACTIVE else None)
+        run.health = None
         self._set_state(run, S.STOPPED if server.state == S.STOPPED else S.EXITED,
                         f"server `{server.name}` is {server.state.value}")
 
@@ -610,10 +657,12 @@ class Orchestrator:
                     await running.stop(5.0)
                 raise
         except asyncio.CancelledError:
+            self._close_log(run)
             run.last_error = "Start cancelled."
             self._set_state(run, S.NOT_STARTED, run.last_error)
             raise
         except Exception as exc:  # noqa: BLE001 - any start failure becomes the resource's state
+            self._close_log(run)
             run.last_error = self.mask(_describe_error(exc))
             self._set_state(run, S.FAILED_TO_START, run.last_error)
             return
@@ -631,6 +680,9 @@ class Orchestrator:
 
         run.exit_code = code
         run.running = None
+        # A process that ended has no health any more, whatever its last probe said.
+        run.health = None
+        self._close_log(run)
         if run.stopping:
             self._set_state(run, S.STOPPED, f"exit code {code}")
         elif code == 0:
@@ -654,7 +706,7 @@ class Orchestrator:
                 detail = "" if healthy else "runtime probe failed"
                 if healthy is None:
                     # No check at all: a job stays Running, anything else counts as healthy.
-                    if resource.kind != "migrations":
+                    if resource.kind != "migrations" and run.state == S.RUNNING and not run.stopping:
                         run.health = "Healthy"
                         self._set_state(run, S.HEALTHY)
                     return
@@ -679,7 +731,9 @@ class Orchestrator:
                 return
             try:
                 self.state_dir.logs_dir.mkdir(parents=True, exist_ok=True)
-                mode = "a" if run.restarts else "w"
+                # The first launch in this process starts a fresh file; later launches append to it.
+                mode = "a" if run.log_started else "w"
+                run.log_started = True
                 run.log_handle = open(self.state_dir.log_file(run.name), mode, encoding="utf-8", buffering=1)
             except OSError as exc:
                 logger.warning("Cannot write the console log of `%s`: %s", run.name, exc)
@@ -692,9 +746,14 @@ class Orchestrator:
 
     async def _stop_run(self, run: ResourceRun, timeout: float) -> None:
         task = run.task
-        if run.state in (S.STARTING,) and task is not None:
+        if run.state == S.STARTING and task is not None:
             # Let a start in progress finish so its process is known, then stop it.
-            await self._until(lambda: True if run.state != S.STARTING else None)
+            try:
+                await self._until(lambda: True if run.state != S.STARTING else None, timeout + 60.0)
+            except asyncio.TimeoutError:
+                logger.warning("`%s` is still starting after %.0f s; cancelling its start", run.name, timeout + 60.0)
+                task.cancel()
+                await asyncio.wait([task], timeout=timeout)
 
         if run.running is not None and run.state in ACTIVE:
             run.stopping = True
@@ -715,15 +774,37 @@ class Orchestrator:
         self._close_log(run)
 
     async def _stop_many(self, names: list[str], timeout: float) -> None:
-        """Stop `names` with every resource stopped after the resources that depend on it."""
+        """Stop `names` with every resource stopped after the resources that depend on it.
+
+        Resources that depend on each other in a cycle (two apps referencing each other, or waits that
+        `up()` rejected as a cycle) stop together, because neither can outlive the other.
+        """
         tasks: dict[str, asyncio.Task] = {}
         selected = set(names)
+        dependents = {
+            name: {other for other in selected if other != name and name in
+                   {dependency.name for dependency in self.dependencies(self.runs[other].resource)}}
+            for name in selected
+        }
+
+        def transitive_dependents(name: str) -> set[str]:
+            found: set[str] = set()
+            pending = list(dependents[name])
+            while pending:
+                other = pending.pop()
+                if other not in found:
+                    found.add(other)
+                    pending.extend(dependents[other])
+            return found
+
+        reachable = {name: transitive_dependents(name) for name in selected}
 
         async def stop_one(name: str) -> None:
-            dependents = [other for other in selected if other != name and name in
-                          {dependency.name for dependency in self.dependencies(self.runs[other].resource)}]
-            if dependents:
-                await asyncio.wait([tasks[other] for other in dependents])
+            # A dependent that this resource also leads back to is in a cycle with it, so waiting for it
+            # would wait forever.
+            first = [other for other in dependents[name] if name not in reachable[other]]
+            if first:
+                await asyncio.wait([tasks[other] for other in first])
             await self._stop_run(self.runs[name], timeout)
 
         for name in names:
@@ -748,7 +829,7 @@ class Orchestrator:
                     and not (run.task and not run.task.done())]
         self._allocate_ports(list(self.stack.resources.values()))
         self._preflight(selected)
-        self._prepare()
+        await self._prepare()
 
         for run in selected:
             run.last_error = None
@@ -763,11 +844,18 @@ class Orchestrator:
         await self._wait_ready(targets, timeout)
 
     async def _wait_ready(self, targets: list[ResourceRun], timeout: float | None) -> None:
+        def done(run: ResourceRun) -> bool:
+            return run.state in (S.HEALTHY, S.FINISHED) or (run.state == S.EXITED and self._expected_exit(run))
+
+        def failed(run: ResourceRun) -> bool:
+            if run.state == S.EXITED:
+                return not self._expected_exit(run)
+            return run.state in (S.FAILED_TO_START, S.STOPPED) or (run.state == S.NOT_STARTED and bool(run.last_error))
+
         def outcome() -> bool | None:
-            if any(run.state in (S.FAILED_TO_START, S.EXITED, S.STOPPED)
-                   or (run.state == S.NOT_STARTED and run.last_error) for run in targets):
+            if any(failed(run) for run in targets):
                 return False
-            if all(run.state in (S.HEALTHY, S.FINISHED) for run in targets):
+            if all(done(run) for run in targets):
                 return True
             return None
 
@@ -781,12 +869,18 @@ class Orchestrator:
             root = self._root_failure(targets)
             raise StartupError(self._failure_message(root, targets), root.name)
 
+    def _expected_exit(self, run: ResourceRun) -> bool:
+        """Tell whether some resource waits for `run` to complete with the exit code it had."""
+        return any(wait.resource is run.resource and wait.condition == "completed"
+                   and wait.exit_code == run.exit_code
+                   for other in self.stack.resources.values() for wait in other.waits)
+
     def _root_failure(self, targets: list[ResourceRun]) -> ResourceRun:
         for run in self.runs.values():
-            if run.state in (S.FAILED_TO_START, S.EXITED):
+            if run.state == S.FAILED_TO_START or (run.state == S.EXITED and not self._expected_exit(run)):
                 return run
         for run in targets:
-            if run.state != S.HEALTHY and run.state != S.FINISHED:
+            if run.state not in (S.HEALTHY, S.FINISHED):
                 return run
         return targets[0]
 
@@ -808,6 +902,10 @@ class Orchestrator:
             if run.state in (S.HEALTHY, S.FINISHED):
                 continue
             detail = f" ({run.health_detail})" if run.health_detail else ""
+            if run.state == S.WAITING:
+                pending = [f"`{wait.resource.name}` {'healthy' if wait.condition == 'healthy' else 'completed'}"
+                           for wait in self._waits(run.resource) if self._wait_outcome(wait) is None]
+                detail = f" for {', '.join(pending)}" if pending else ""
             lines.append(f"  `{run.name}` is {run.state.value}{detail}")
             lines.extend(f"      {line}" for line in list(run.tail)[-5:])
         lines.append("Check the health checks and logs, or pass a larger timeout to up().")
@@ -819,8 +917,12 @@ class Orchestrator:
         await self._stop_many(list(self.runs), timeout)
 
         if self._launcher is not None:
+            # Anything the stop missed goes through the state file; later changes no longer rewrite it.
             self._write_state()
-            stop_orphans(self.state_dir)
+            self._launcher = None
+            if _state_owners.get(self.state_dir.root) is self:
+                await run_blocking(stop_orphans, self.state_dir)
+        await self._remove_stack_leftovers(volumes)
         if volumes:
             import shutil
 
@@ -828,7 +930,17 @@ class Orchestrator:
                 volume = getattr(resource, "data_volume", None)
                 if volume and self.stack.runtime_for(resource) == "local":
                     shutil.rmtree(self.state_dir.volume(volume), ignore_errors=True)
-        self._launcher = None
+
+    async def _remove_stack_leftovers(self, volumes: bool) -> None:
+        """Let runtimes with stack-wide objects (the Docker network, named volumes) remove them."""
+        for key, runtime in self._runtimes.items():
+            remove_stack = getattr(runtime, "remove_stack", None)
+            if remove_stack is None:
+                continue
+            try:
+                await run_blocking(functools.partial(remove_stack, self.stack.name, volumes=volumes))
+            except Exception as exc:  # noqa: BLE001 - the processes are stopped; report what is left
+                logger.warning("The %s runtime failed to remove what stack `%s` left: %s", key, self.stack.name, exc)
 
     async def start_async(self, name: str, timeout: float | None = 120.0) -> None:
         """Start one resource (an explicit-start one, or one that stopped) and wait until it is ready."""
@@ -836,14 +948,20 @@ class Orchestrator:
         if run.state in ACTIVE or (run.task is not None and not run.task.done()):
             raise StateError(f"Cannot start `{name}` while it is {run.state.value}.")
 
+        # A server's databases follow it, so they start again with it.
+        runs = [run] + [other for other in self.runs.values()
+                        if other.resource.kind == "database" and other.resource.parent is run.resource
+                        and other.state not in ACTIVE and not (other.task and not other.task.done())]
+
         self._check_cycles()
         self._allocate_ports(list(self.stack.resources.values()))
-        self._preflight([run])
-        self._prepare()
-        run.last_error = None
-        run.state = S.NOT_STARTED
-        run.task = asyncio.ensure_future(self._run_resource(run))
-        await self._wait_ready([run], timeout)
+        self._preflight(runs)
+        await self._prepare()
+        for selected in runs:
+            selected.last_error = None
+            selected.state = S.NOT_STARTED
+            selected.task = asyncio.ensure_future(self._run_resource(selected))
+        await self._wait_ready(runs, timeout)
 
     async def stop_async(self, name: str, timeout: float = 10.0) -> None:
         """Stop one resource."""
@@ -1072,6 +1190,18 @@ def port_holder(port: int) -> int | None:
         if connection.laddr and connection.laddr.port == port and connection.status == psutil.CONN_LISTEN:
             return connection.pid
     return None
+
+
+def _check_paths(resource: Any) -> None:
+    """Raise `ConfigurationError` when a file or directory the resource declares does not exist."""
+    checks = [
+        ("changelog", getattr(resource, "changelog", None), "Pass the path of a changelog file or folder."),
+        ("script", getattr(resource, "script", None), "Pass an existing script, or a module name."),
+        ("working directory", getattr(resource, "cwd", None), "Create it or pass another cwd."),
+    ]
+    for what, path, fix in checks:
+        if path is not None and not Path(path).exists():
+            raise ConfigurationError(f"The {what} {str(path)!r} of `{resource.name}` does not exist. {fix}")
 
 
 def _reveal(value: str | Secret) -> str:

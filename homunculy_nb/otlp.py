@@ -3,7 +3,7 @@
 Each `flatten_*` function walks one decoded export request and appends one value per item to plain
 Python lists, one list per column, so the store can extend its columns without building a row object
 per item. Span and log ids stay raw bytes (all zero when absent) and times stay integer nanoseconds
-since the Unix epoch; `homunculy_nb.telemetry` turns whole columns into hex strings and pandas types
+since the Unix epoch. `homunculy_nb.telemetry` turns whole columns into hex strings and pandas types
 when a frame is requested, which is much faster than converting each value on ingest.
 
 A request that cannot be decoded at all raises `InvalidExportError`, which the receivers turn into
@@ -15,7 +15,7 @@ so the receivers can answer with a partial success.
 from __future__ import annotations
 
 import base64
-import binascii
+from array import array
 import json
 from sys import intern
 from dataclasses import dataclass, field
@@ -79,10 +79,11 @@ class InvalidExportError(ValueError):
 
 @dataclass
 class Batch:
-    """The decoded items of one export request for one signal, as parallel column lists."""
+    """The decoded items of one export request for one signal, as encoded columns of equal length."""
 
     signal: str
-    columns: dict[str, list[Any]]
+    columns: dict[str, Any]
+    """Column name -> encoded values; `homunculy_nb.telemetry.COLUMN_TYPES` describes each encoding."""
     received: int = 0
     rejected: int = 0
     reject_reasons: list[str] = field(default_factory=list)
@@ -132,6 +133,11 @@ def parse_json(signal: str, body: bytes) -> Any:
         document = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidExportError(f"The body is not valid JSON: {exc}.") from exc
+    except RecursionError:
+        raise InvalidExportError(
+            "The JSON body nests arrays or objects too deeply to parse. OTLP/JSON needs only a few levels; "
+            "flatten nested attribute values."
+        ) from None
     if not isinstance(document, dict):
         raise InvalidExportError(
             f"The body must be a JSON object ({request_type.DESCRIPTOR.name}), got {type(document).__name__}."
@@ -285,29 +291,21 @@ def flatten_spans(request: Any) -> Batch:
     span_ids: list[bytes] = []
     parent_span_ids: list[bytes] = []
     names: list[str] = []
-    kinds: list[str] = []
-    services: list[str] = []
-    instances: list[str | None] = []
-    scopes: list[str] = []
+    kinds: list[int] = []
+    services: list[tuple[Any, int]] = []
+    instances: list[tuple[Any, int]] = []
+    scopes: list[tuple[Any, int]] = []
+    resources: list[tuple[Any, int]] = []
     starts: list[int] = []
     ends: list[int] = []
-    status_codes: list[str] = []
+    status_codes: list[int] = []
     status_messages: list[str] = []
     span_attributes: list[dict[str, Any]] = []
-    resource_attributes: list[dict[str, Any]] = []
-    events: list[list[dict[str, Any]]] = []
-    links: list[list[dict[str, Any]]] = []
-    batch = Batch("spans", {
-        "trace_id": trace_ids, "span_id": span_ids, "parent_span_id": parent_span_ids, "name": names,
-        "kind": kinds, "service_name": services, "service_instance_id": instances, "scope_name": scopes,
-        "start_time": starts, "end_time": ends, "status_code": status_codes,
-        "status_message": status_messages, "attributes": span_attributes,
-        "resource_attributes": resource_attributes, "events": events, "links": links,
-    })
-    kind_names = SPAN_KIND_NAMES
-    status_names = STATUS_CODE_NAMES
+    events: list[tuple[dict[str, Any], ...]] = []
+    links: list[tuple[dict[str, Any], ...]] = []
     scalar_fields = _SCALAR_VALUE_FIELDS
     received = 0
+    rejected: list[str] = []
 
     for resource_spans in request.resource_spans:
         resource = attributes(resource_spans.resource.attributes)
@@ -315,6 +313,7 @@ def flatten_spans(request: Any) -> Batch:
         instance = resource.get("service.instance.id")
         for scope_spans in resource_spans.scope_spans:
             scope = scope_spans.scope.name
+            stored_before = len(names)
             for span in scope_spans.spans:
                 received += 1
                 trace_id = span.trace_id
@@ -322,10 +321,12 @@ def flatten_spans(request: Any) -> Batch:
                 if len(trace_id) != 16 or len(span_id) != 8:
                     _check_span_ids(span)
                 if trace_id == _ZERO_TRACE_ID or span_id == _ZERO_SPAN_ID:
-                    batch.reject(f"span {span.name!r} has an all-zero traceId or spanId")
+                    rejected.append(f"span {span.name!r} has an all-zero traceId or spanId")
                     continue
 
                 parent = span.parent_span_id
+                if parent and len(parent) != 8:
+                    _hex_id(parent, 8, "parentSpanId", f"span {span.name!r}")
                 kind = span.kind
                 status = span.status
                 code = status.code
@@ -339,24 +340,36 @@ def flatten_spans(request: Any) -> Batch:
 
                 trace_ids.append(trace_id)
                 span_ids.append(span_id)
-                if parent and len(parent) != 8:
-                    _hex_id(parent, 8, "parentSpanId", f"span {span.name!r}")
                 parent_span_ids.append(parent or _ZERO_SPAN_ID)
                 names.append(intern(span.name))
-                kinds.append(kind_names[kind] if 0 <= kind < 6 else str(kind))
-                services.append(service)
-                instances.append(instance)
-                scopes.append(scope)
+                # NOTE: enum values newer than this table (none exist today) are stored as code 0.
+                kinds.append(kind if 0 <= kind < 6 else 0)
                 starts.append(span.start_time_unix_nano)
                 ends.append(span.end_time_unix_nano)
-                status_codes.append(status_names[code] if 0 <= code < 3 else str(code))
+                status_codes.append(code if 0 <= code < 3 else 0)
                 status_messages.append(status.message)
                 span_attributes.append(values)
-                resource_attributes.append(resource)
-                events.append([_span_event(event) for event in span.events] if span.events else [])
-                links.append([_span_link(link, span.name) for link in span.links] if span.links else [])
+                # Tuples, so the many spans without events or links share the one empty tuple.
+                events.append(tuple([_span_event(event) for event in span.events]) if span.events else ())
+                links.append(tuple([_span_link(link, span.name) for link in span.links]) if span.links else ())
 
-    batch.received = received
+            stored = len(names) - stored_before
+            if stored:
+                services.append((service, stored))
+                instances.append((instance, stored))
+                scopes.append((scope, stored))
+                resources.append((resource, stored))
+
+    batch = Batch("spans", {
+        "trace_id": b"".join(trace_ids), "span_id": b"".join(span_ids),
+        "parent_span_id": b"".join(parent_span_ids), "name": names, "kind": bytes(kinds),
+        "service_name": services, "service_instance_id": instances, "scope_name": scopes,
+        "start_time": array("Q", starts).tobytes(), "end_time": array("Q", ends).tobytes(),
+        "status_code": bytes(status_codes), "status_message": status_messages, "attributes": span_attributes,
+        "resource_attributes": resources, "events": events, "links": links,
+    }, received=received)
+    for reason in rejected:
+        batch.reject(reason)
     return batch
 
 
@@ -413,8 +426,8 @@ def flatten_logs(request: Any) -> Batch:
                 owner = f"log record {received - 1} of scope {scope!r}"
                 trace_id = record.trace_id
                 span_id = record.span_id
-                times.append(record.time_unix_nano or None)
-                observed.append(record.observed_time_unix_nano or None)
+                times.append(record.time_unix_nano)
+                observed.append(record.observed_time_unix_nano)
                 severity_numbers.append(record.severity_number or None)
                 severity_texts.append(record.severity_text or None)
                 bodies.append(any_value(record.body))
@@ -431,7 +444,16 @@ def flatten_logs(request: Any) -> Batch:
                 resource_attributes.append(resource)
 
     batch.received = received
+    _encode_fixed_width(columns, ("trace_id", "span_id"), ("time", "observed_time"))
     return batch
+
+
+def _encode_fixed_width(columns: dict[str, Any], ids: tuple[str, ...], times: tuple[str, ...]) -> None:
+    """Pack id columns into one bytes object and time columns into uint64 nanoseconds (0 = missing)."""
+    for name in ids:
+        columns[name] = b"".join(columns[name])
+    for name in times:
+        columns[name] = array("Q", columns[name]).tobytes()
 
 
 # --- metrics -----------------------------------------------------------------------------------------
@@ -459,6 +481,7 @@ def flatten_metrics(request: Any) -> Batch:
                 received += _flatten_metric(metric, context, batch)
 
     batch.received = received
+    _encode_fixed_width(columns, (), ("start_time", "time"))
     return batch
 
 
@@ -489,8 +512,8 @@ def _flatten_metric(metric: Any, context: dict[str, Any], batch: Batch) -> int:
         row["unit"] = metric.unit
         row["type"] = data_type
         row["attributes"] = attributes(point.attributes)
-        row["start_time"] = point.start_time_unix_nano or None
-        row["time"] = point.time_unix_nano or None
+        row["start_time"] = point.start_time_unix_nano
+        row["time"] = point.time_unix_nano
         row["is_monotonic"] = is_monotonic
         row["aggregation_temporality"] = temporality
         row["exemplars"] = [_exemplar(e, metric.name) for e in point.exemplars] if data_type != "summary" else []

@@ -25,6 +25,8 @@ from homunculy_nb.telemetry import OBJECT_COLUMNS, STATS_COLUMNS, TelemetryQueri
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "homunculy-nb-telemetry"
 FORMAT_VERSION = 1
+TUPLE_COLUMNS = {"spans": ("events", "links")}
+"""Columns whose values are tuples in live frames; JSON turns them into lists, so loading restores them."""
 _BYTES_TAG = "$bytes"
 _FLOAT_TAG = "$float"
 
@@ -122,6 +124,8 @@ class Run(TelemetryQueries):
         for column in self.manifest.get("json_columns", {}).get(signal, []):
             if column in frame:
                 values = [_from_json(text) for text in frame[column]]
+                if column in TUPLE_COLUMNS.get(signal, ()):
+                    values = [tuple(value) if isinstance(value, list) else value for value in values]
                 frame[column] = np.fromiter(values, dtype=object, count=len(values))
         return frame
 

@@ -383,6 +383,13 @@ class PostgresServer(Resource):
         self.data_volume = name or f"{self.name}-data"
         return self
 
+    def with_pgadmin(self, port: int | None = 5050, runtime: str | None = None) -> PostgresServer:
+        """Add the explicit-start `pgadmin` resource, which lists every PostgreSQL server of the stack."""
+        from homunculy_nb.pgadmin import add_pgadmin
+
+        add_pgadmin(self.stack, port=port, runtime=runtime)
+        return self
+
     def connection_string(self, database: str = "postgres") -> ReferenceExpression:
         """Return a `postgresql://` URI for `database` on this server."""
         return ReferenceExpression(
@@ -796,6 +803,12 @@ class Stack:
     def on_log(self, callback: Callable[[Any, str, str, str], None]) -> Callable[[], None]:
         """Call `callback(time, resource, stream, line)` on each console line; returns an unsubscriber."""
         return self.orchestrator.on_log(callback)
+
+    def publish(self, target: str, out_dir: str | os.PathLike) -> list[Path]:
+        """Write deployable files for `target` ("compose" or "kubernetes") into `out_dir`; no secret value is written."""
+        from homunculy_nb.publish import publish
+
+        return publish(self, target, out_dir)
 
     def __repr__(self) -> str:
         return f"<Stack {self.name!r} resources={list(self.resources)}>"

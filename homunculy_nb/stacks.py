@@ -5,9 +5,10 @@ services' protocols, with a local LLM stand-in when no OpenAI key is set. Given 
 the real Homunculy repository), it runs the real agent service from `homunculy/src` in its own virtual
 environment, the real changelogs, and the real management service with `go run` when Go is installed.
 
-The module is also the command the checkout's set-up resources run:
-`python -m homunculy_nb.stacks create-venv VENV --python PYTHON` and
-`python -m homunculy_nb.stacks install VENV PROJECT [--package NAME ...]`.
+The module is also the command the checkout's resources run:
+`python -m homunculy_nb.stacks create-venv VENV --python PYTHON`,
+`python -m homunculy_nb.stacks install VENV PROJECT [--package NAME ...]` and
+`python -m homunculy_nb.stacks exec VENV PROGRAM [ARG ...]`.
 """
 
 from __future__ import annotations
@@ -36,10 +37,9 @@ TTS_CHOICES = ("auto", "local", "elevenlabs", "espeak-ng", "tone")
 MANAGEMENT_CHOICES = ("auto", "reference", "go")
 
 # Zero-code OpenTelemetry for the real agent service, which has no instrumentation of its own.
-AGENT_TELEMETRY_PACKAGES = (
-    "opentelemetry-distro", "opentelemetry-exporter-otlp", "opentelemetry-instrumentation-fastapi",
-    "opentelemetry-instrumentation-httpx", "opentelemetry-instrumentation-psycopg",
-    "opentelemetry-instrumentation-asyncpg",
+AGENT_INSTRUMENTATION_PACKAGES = (
+    "opentelemetry-distro", "opentelemetry-instrumentation-fastapi", "opentelemetry-instrumentation-httpx",
+    "opentelemetry-instrumentation-psycopg", "opentelemetry-instrumentation-asyncpg",
 )
 INSTALL_STAMP = ".homunculy-nb-installed"
 
@@ -50,9 +50,9 @@ def homunculy_stack(source: str | os.PathLike | None = None, collector: Any = No
                     python: str = "python3.12") -> Stack:
     """Declare the Homunculy stack: two PostgreSQL servers, their migrations, the agent and management apps.
 
-    - `llm`: "auto" uses OpenAI when the `openai-api-key` parameter has a value (checked now, at
-      declaration), else a local stand-in; "local" forces the stand-in; a URL uses that OpenAI-compatible
-      server (its base, such as `http://127.0.0.1:11434/v1`).
+    - `llm`: "auto" uses OpenAI when the `openai-api-key` parameter has a value, else a local stand-in.
+      The key is checked now, at declaration. "local" forces the stand-in, and a URL selects any
+      OpenAI-compatible server by its base, such as `http://127.0.0.1:11434/v1`.
     - `tts`: "auto" uses ElevenLabs when `elevenlabs-api-key` has a value, else the local synthesizer
       ("espeak-ng" or "tone" choose one; "local" lets the agent pick).
     - `ports`: "default" binds 5433, 5434, 8000 and 8080; "auto" allocates free ports so two stacks can run
@@ -98,9 +98,11 @@ def homunculy_stack(source: str | os.PathLike | None = None, collector: Any = No
     management_db_server = stack.add_postgres("management-postgres", port=port("management-postgres"),
                                               password=management_password).with_data_volume()
     management_db = management_db_server.add_database("management")
+    # The changelog goes with the service that reads the schema: the reference service needs its own.
+    use_go = checkout is not None and management in ("auto", "go")
     management_migrations = stack.add_migrations(
         "management-migrations",
-        checkout.changelog("management-service-db") if checkout else
+        checkout.changelog("management-service-db") if use_go else
         SERVICES_DIR / "management" / "changelog" / "changelog.xml",
         management_db,
     )
@@ -123,7 +125,6 @@ def homunculy_stack(source: str | os.PathLike | None = None, collector: Any = No
     if llm_resource is not None:
         agent.wait_for(llm_resource)
 
-    use_go = checkout is not None and management in ("auto", "go")
     if use_go:
         manager = checkout.add_management(stack, port("management-app"))
     else:
@@ -136,7 +137,33 @@ def homunculy_stack(source: str | os.PathLike | None = None, collector: Any = No
         .wait_for(agent)
     )
     _management_environment(manager, management_db_server, management_password, agent, homunculy_api_key)
+    for app in (agent, manager):
+        _expose(app, DEFAULT_PORTS[app.name])
     return stack
+
+
+def _expose(app: Resource, default_port: int) -> None:
+    """Mark the app's HTTP endpoint external, so published files map it to the contract's host port.
+
+    With allocated ports the contract's port becomes the target port, which only published files use,
+    so both `ports` choices publish the same files.
+    """
+    endpoint = app.endpoints["http"]
+    endpoint.is_external = True
+    if endpoint.port is None and endpoint.target_port is None:
+        endpoint.target_port = default_port
+
+
+def agent_telemetry_packages() -> list[str]:
+    """Return the OpenTelemetry packages for the checkout's agent, pinned to the versions installed here.
+
+    Unpinned, pip backtracks through dozens of mutually incompatible releases before giving up.
+    """
+    from importlib.metadata import version
+
+    sdk, instrumentation = version("opentelemetry-sdk"), version("opentelemetry-instrumentation")
+    return [f"opentelemetry-exporter-otlp=={sdk}",
+            *(f"{package}=={instrumentation}" for package in AGENT_INSTRUMENTATION_PACKAGES)]
 
 
 # -- environment ------------------------------------------------------------------------------------
@@ -213,7 +240,7 @@ def _management_environment(manager: Resource, server: PostgresServer, password:
 
 
 class _Checkout:
-    """A checkout of the Homunculy repository: where its services, changelogs and tools are."""
+    """Paths of a Homunculy checkout: its agent project, changelogs and management service."""
 
     def __init__(self, root: Path, python: str) -> None:
         self.root = root
@@ -249,7 +276,7 @@ class _Checkout:
 
         create = stack.add_python_app("homunculy-app-venv", "homunculy_nb.stacks",
                                       args=["create-venv", str(venv), "--python", python])
-        packages = [arg for package in AGENT_TELEMETRY_PACKAGES for arg in ("--package", package)] if instrument else []
+        packages = [arg for package in agent_telemetry_packages() for arg in ("--package", package)] if instrument else []
         install = stack.add_python_app("homunculy-app-install", "homunculy_nb.stacks",
                                        args=["install", str(venv), str(self.agent_project), *packages])
         install.wait_for_completion(create)
@@ -257,17 +284,21 @@ class _Checkout:
             for key, value in setup_env.items():
                 resource.with_environment(key, value)
 
-        command = venv / "bin" / ("opentelemetry-instrument" if instrument else "python")
-        agent = stack.add_executable("homunculy-app", str(command), cwd=self.agent_src).with_http_endpoint(port=port)
-        launcher = [str(venv / "bin" / "python")] if instrument else []
-        agent.with_args(*launcher, "-m", "uvicorn", "main:app", "--host", "127.0.0.1",
+        # The venv does not exist before its set-up resources run, so the app starts through a launcher
+        # that replaces itself (same pid) with the venv's program.
+        program = ["opentelemetry-instrument", "python"] if instrument else ["python"]
+        agent = stack.add_python_app("homunculy-app", "homunculy_nb.stacks", cwd=self.agent_src)
+        agent.with_http_endpoint(port=port)
+        agent.with_args("exec", str(venv), *program, "-m", "uvicorn", "main:app", "--host", "127.0.0.1",
                         "--port", agent.endpoint("http").port)
+        agent.with_environment("PYTHONPATH", str(PACKAGE_ROOT))
+        # Token counting downloads a tiktoken encoding on the first chat; a cache in the state directory
+        # keeps it across runs. NOTE: the very first chat still needs network access to fill it.
+        agent.with_environment("TIKTOKEN_CACHE_DIR", str(stack.state_dir / "tiktoken-cache"))
         if instrument:
             agent.with_environment("OTEL_LOGS_EXPORTER", "otlp")
             agent.with_environment("OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED", "true")
         agent.wait_for_completion(install)
-        create.parent = agent
-        install.parent = agent
         return agent
 
     def add_management(self, stack: Stack, port: int | None) -> Resource:
@@ -344,6 +375,19 @@ def install(venv: Path, project: Path, packages: list[str]) -> None:
     stamp.write_text(fingerprint)
 
 
+def exec_in_venv(venv: Path, program: str, args: list[str]) -> None:
+    """Replace this process with `program` from the venv's bin folder, with the venv activated."""
+    executable = venv / "bin" / program
+    if not executable.exists():
+        raise SystemExit(f"{executable} does not exist. Run the install step first, or check the venv path.")
+    os.environ["VIRTUAL_ENV"] = str(venv)
+    os.environ["PATH"] = f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
+    # The venv's interpreter must not import this process's packages in place of its own.
+    os.environ.pop("PYTHONPATH", None)
+    sys.stdout.flush()
+    os.execv(executable, [str(executable), *args])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m homunculy_nb.stacks",
                                      description="Set-up steps of a Homunculy checkout's agent service.")
@@ -355,11 +399,17 @@ def main(argv: list[str] | None = None) -> int:
     setup.add_argument("venv", type=Path)
     setup.add_argument("project", type=Path)
     setup.add_argument("--package", action="append", default=[], help="an extra package to install")
+    run = commands.add_parser("exec", help="run a program from a virtual environment, replacing this process")
+    run.add_argument("venv", type=Path)
+    run.add_argument("program")
+    run.add_argument("args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
 
     try:
         if args.command == "create-venv":
             create_venv(args.venv, args.python)
+        elif args.command == "exec":
+            exec_in_venv(args.venv, args.program, args.args)
         else:
             install(args.venv, args.project, args.package)
     except subprocess.CalledProcessError as exc:

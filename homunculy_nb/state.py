@@ -8,8 +8,9 @@ Layout under `Stack.state_dir`:
     volumes/<volume>/   persistent data directories (`with_data_volume`)
 
 The state file lets a later process (`up()` after a kernel crash, `homunculy-nb down`) stop what a
-crashed launcher left behind: each record names its runtime key and carries the runtime's
-`state_record()` (for a process: pid, process group and start time, so a reused pid is left alone).
+crashed launcher left behind. Each record names its runtime key and carries the runtime's
+`state_record()`. For a process that is the pid, process group and start time, so a reused pid is left
+alone.
 """
 
 from __future__ import annotations
@@ -58,9 +59,14 @@ class StateDir:
         return self.volumes_dir / name
 
     def prepare(self) -> None:
-        """Create the directories, private to the user since logs may contain settings."""
-        for path in (self.root, self.logs_dir, self.run_dir, self.volumes_dir):
-            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Create the directories; the logs are private to the user since they may contain settings.
+
+        The others stay searchable, because a PostgreSQL server run as another OS user (when the
+        caller is root) must reach its data directory below them.
+        """
+        for path in (self.root, self.run_dir, self.volumes_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(exist_ok=True, mode=0o700)
 
     def read(self) -> dict[str, Any]:
         """Return the state file's content, or an empty dict when there is none or it is unreadable."""
@@ -88,11 +94,12 @@ class StateDir:
         self.state_file.unlink(missing_ok=True)
 
 
-def launcher_record() -> dict[str, Any]:
-    """Describe the current process as the stack's launcher."""
+def launcher_record(kind: str = "python") -> dict[str, Any]:
+    """Describe the current process as the stack's launcher: "cli" for `homunculy-nb up`, else "python"."""
     from homunculy_nb.runtimes.process import process_start_time
 
-    return {"pid": os.getpid(), "create_time": process_start_time(os.getpid()), "written": time.time()}
+    return {"pid": os.getpid(), "create_time": process_start_time(os.getpid()), "kind": kind,
+            "written": time.time()}
 
 
 def launcher_alive(state: dict[str, Any]) -> int | None:

@@ -1,12 +1,13 @@
 """The telemetry store: bounded columns per signal, pandas frames built on demand, and the query API.
 
-Receivers hand `homunculy_nb.otlp.Batch` objects to `TelemetryStore.append`, which keeps them as chunks
-of plain column lists. A chunk is never changed after it is appended (eviction replaces a chunk by a
-sliced copy), so a frame can be built from a snapshot of chunk references without holding the lock.
-The frame of each signal is cached until new data arrives; the next request converts only the rows
-appended since and concatenates them to the cached frame.
+Receivers hand `homunculy_nb.otlp.Batch` objects to `TelemetryStore.append`, which keeps each one as a
+chunk of encoded columns (see `COLUMN_TYPES`). A chunk is never changed after it is appended (eviction
+replaces a chunk by a sliced copy), so a frame can be built from a snapshot of chunk references
+without holding the lock.
+The frame of each signal is cached until new data arrives. The next request then converts only the
+rows appended since and concatenates them to the cached frame.
 
-`TelemetryQueries` holds the query methods (`spans`, `traces`, `trace`, `logs`, `metrics`); the live
+`TelemetryQueries` defines the query methods (`spans`, `traces`, `trace`, `logs`, `metrics`). The live
 store and a saved run (`homunculy_nb.run`) both provide them on top of one frame per signal.
 """
 
@@ -18,7 +19,8 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -27,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from homunculy_nb.errors import ConfigurationError, HomunculyError
-from homunculy_nb.otlp import COLUMNS, SIGNALS, Batch
+from homunculy_nb.otlp import SIGNALS, SPAN_KIND_NAMES, STATUS_CODE_NAMES, Batch
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +38,10 @@ DEFAULT_LIMITS = {"spans": 1_000_000, "logs": 1_000_000, "metrics": 5_000_000}
 
 COLUMN_TYPES: dict[str, dict[str, str]] = {
     "spans": {
-        "trace_id": "hex", "span_id": "hex", "parent_span_id": "hex", "name": "str", "kind": "str",
-        "service_name": "str", "service_instance_id": "str", "scope_name": "str", "start_time": "time",
-        "end_time": "time", "status_code": "str", "status_message": "str", "attributes": "object",
-        "resource_attributes": "object", "events": "object", "links": "object",
+        "trace_id": "hex", "span_id": "hex", "parent_span_id": "hex", "name": "str", "kind": "enum",
+        "service_name": "str_runs", "service_instance_id": "str_runs", "scope_name": "str_runs",
+        "start_time": "time", "end_time": "time", "status_code": "enum", "status_message": "str",
+        "attributes": "object", "resource_attributes": "object_runs", "events": "object", "links": "object",
     },
     "logs": {
         "time": "time", "observed_time": "time", "severity_number": "Int64", "severity_text": "str",
@@ -56,12 +58,20 @@ COLUMN_TYPES: dict[str, dict[str, str]] = {
         "aggregation_temporality": "str",
     },
 }
-"""How each stored column becomes a pandas column; `spans` also gets `duration_ms` after `end_time`.
+"""The encoding of each column in a batch, which also decides its pandas type.
 
-"hex" columns hold raw ids of one width (all zero when absent) and become lowercase hex strings.
+- "hex": ids of one width concatenated in one bytes object (all zero when absent) -> hex strings.
+- "time": uint64 nanoseconds since the epoch in one bytes object (0 when absent) -> UTC datetime64[ns].
+- "enum": one uint8 code per item in a bytes object -> the name from `ENUM_NAMES`.
+- "str_runs", "object_runs": a list of (value, count) runs, for values shared by a resource or scope.
+- "str", "object", "float", "Int64", "boolean": a list with one value per item.
+
+`spans` frames also get `duration_ms` after `end_time`.
 """
 
-OBJECT_COLUMNS = {signal: [c for c, t in types.items() if t == "object"] for signal, types in COLUMN_TYPES.items()}
+ENUM_NAMES = {"kind": SPAN_KIND_NAMES, "status_code": STATUS_CODE_NAMES}
+
+OBJECT_COLUMNS = {signal: [c for c, t in types.items() if t.startswith("object")] for signal, types in COLUMN_TYPES.items()}
 
 SEVERITY_NUMBERS = {"TRACE": 1, "DEBUG": 5, "INFO": 9, "WARN": 13, "WARNING": 13, "ERROR": 17, "FATAL": 21,
                     "CRITICAL": 21}
@@ -80,16 +90,14 @@ class TraceNotFoundError(HomunculyError, LookupError):
 # --- column conversion -------------------------------------------------------------------------------
 
 
-def _time_array(values: list[int | None]) -> pd.arrays.DatetimeArray:
-    """Convert integer nanoseconds since the epoch (None or 0 for missing) into UTC datetime64[ns]."""
-    try:
-        nanos = np.fromiter(values, dtype=np.int64, count=len(values))
-    except (TypeError, OverflowError):
-        # Missing values, or times past the year 2262 that datetime64[ns] cannot hold: both become NaT.
-        nanos = np.fromiter(
-            (v if v is not None and 0 < v <= _INT64_MAX else _NAT for v in values), dtype=np.int64, count=len(values)
-        )
-    nanos[nanos == 0] = _NAT
+def _time_array(packed: bytes) -> pd.arrays.DatetimeArray:
+    """Convert packed uint64 nanoseconds since the epoch into UTC datetime64[ns].
+
+    0 means absent, and times past the year 2262 do not fit datetime64[ns]; both become NaT.
+    """
+    unsigned = np.frombuffer(packed, dtype=np.uint64)
+    nanos = unsigned.astype(np.int64)
+    nanos[(unsigned == 0) | (unsigned > _INT64_MAX)] = _NAT
     return pd.arrays.DatetimeArray._from_sequence(nanos.view("M8[ns]")).tz_localize("UTC")
 
 
@@ -97,46 +105,83 @@ def _time_array(values: list[int | None]) -> pd.arrays.DatetimeArray:
 _HEX_PAIRS = np.frombuffer(b"".join(f"{i:02x}".encode() for i in range(256)), dtype="<u2")
 
 
-def _hex_array(values: list[bytes]) -> Any:
-    """Convert equal-width raw ids into a string column of lowercase hex; all-zero ids become missing.
+def _hex_array(packed: bytes, count: int) -> Any:
+    """Convert `count` concatenated ids of one width into lowercase hex strings; all-zero ids are missing.
 
     The hex digits of every id are written into one buffer with numpy and wrapped as an Arrow string
-    array without a Python string per id.
+    array, with no Python string per id.
     """
-    count = len(values)
     if count == 0:
         return pd.array([], dtype="str")
-    raw = np.frombuffer(b"".join(values), dtype=np.uint8)
+    raw = np.frombuffer(packed, dtype=np.uint8)
     width = raw.size // count
     digits = _HEX_PAIRS[raw]
     offsets = np.arange(0, (count + 1) * width * 2, width * 2, dtype=np.int64)
-    array = pa.Array.from_buffers(pa.large_string(), count, [None, pa.py_buffer(offsets), pa.py_buffer(digits)])
     present = raw.reshape(count, width).any(axis=1)
-    if not present.all():
-        array = pc.if_else(pa.array(present), array, pa.scalar(None, pa.large_string()))
+    validity = None if present.all() else pa.py_buffer(np.packbits(present, bitorder="little"))
+    array = pa.Array.from_buffers(pa.large_string(), count, [validity, pa.py_buffer(offsets), pa.py_buffer(digits)])
     return pd.array(array, dtype="str")
 
 
-def to_pandas_column(kind: str, values: list[Any]) -> Any:
-    """Convert one column list into the pandas array for its kind."""
+def _runs_array(kind: str, parts: list[list[tuple[Any, int]]]) -> Any:
+    values = [value for part in parts for value, _ in part]
+    counts = np.array([count for part in parts for _, count in part], dtype=np.int64)
+    if kind == "str_runs":
+        positions = np.repeat(np.arange(len(values)), counts)
+        return pd.array(pc.take(pa.array(values, type=pa.string()), pa.array(positions)), dtype="str")
+    return np.repeat(np.fromiter(values, dtype=object, count=len(values)), counts)
+
+
+def to_pandas_column(kind: str, name: str, parts: list[Any], count: int) -> Any:
+    """Convert the encoded parts of one column (one per chunk) into the pandas array for its kind."""
     if kind == "hex":
-        return _hex_array(values)
-    if kind == "str":
-        return pd.array(pa.array(values, type=pa.string()), dtype="str")
+        return _hex_array(b"".join(parts), count)
     if kind == "time":
-        return _time_array(values)
+        return _time_array(b"".join(parts))
+    if kind == "enum":
+        codes = np.frombuffer(b"".join(parts), dtype=np.uint8)
+        return pd.array(pc.take(pa.array(ENUM_NAMES[name], type=pa.string()), pa.array(codes)), dtype="str")
+    if kind in ("str_runs", "object_runs"):
+        return _runs_array(kind, parts)
+
+    values = parts[0] if len(parts) == 1 else chain.from_iterable(parts)
+    if kind == "str":
+        return pd.array(pa.array(values, type=pa.string(), size=count), dtype="str")
     if kind == "object":
-        return np.fromiter(values, dtype=object, count=len(values))
+        return np.fromiter(values, dtype=object, count=count)
+    values = values if isinstance(values, list) else list(values)
     if kind == "float":
         return np.array(values, dtype=np.float64)
     return pd.array(values, dtype=kind)
 
 
-def build_frame(signal: str, columns: dict[str, list[Any]]) -> pd.DataFrame:
-    """Build a signal's DataFrame from column lists of equal length."""
+def slice_column(kind: str, values: Any, cut: int, size: int) -> Any:
+    """Drop the first `cut` of the `size` items of one encoded column."""
+    if kind in ("hex", "time", "enum"):
+        width = len(values) // size if size else 0
+        return values[cut * width:]
+    if kind in ("str_runs", "object_runs"):
+        kept = []
+        for value, count in values:
+            if cut >= count:
+                cut -= count
+                continue
+            kept.append((value, count - cut))
+            cut = 0
+        return kept
+    return values[cut:]
+
+
+def build_frame(signal: str, columns: dict[str, Any], count: int) -> pd.DataFrame:
+    """Build a signal's DataFrame from the encoded columns of one batch of `count` items."""
+    return build_frame_from_chunks(signal, [columns], count)
+
+
+def build_frame_from_chunks(signal: str, chunks: list[dict[str, Any]], count: int) -> pd.DataFrame:
+    """Build a signal's DataFrame from chunks of encoded columns, converting each column in one pass."""
     data = {}
     for name, kind in COLUMN_TYPES[signal].items():
-        data[name] = to_pandas_column(kind, columns[name])
+        data[name] = to_pandas_column(kind, name, [chunk[name] for chunk in chunks], count)
         if name == "end_time" and signal == "spans":
             data["duration_ms"] = _duration_ms(data["start_time"], data["end_time"])
     return pd.DataFrame(data, copy=False)
@@ -152,7 +197,8 @@ def _duration_ms(start: Any, end: Any) -> np.ndarray:
 
 def empty_frame(signal: str) -> pd.DataFrame:
     """Return the signal's DataFrame with no rows and the full set of typed columns."""
-    return build_frame(signal, {name: [] for name in COLUMNS[signal]})
+    empty = {"hex": b"", "time": b"", "enum": b""}
+    return build_frame(signal, {name: empty.get(kind, []) for name, kind in COLUMN_TYPES[signal].items()}, 0)
 
 
 # --- the bounded store -------------------------------------------------------------------------------
@@ -165,8 +211,32 @@ class _Chunk:
     size: int
 
 
+_MAX_ARROW_CHUNKS = 64
+
+
+def _compact_string_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Merge the Arrow chunks of string columns once repeated appends have split them into many.
+
+    Each incremental `concat` adds one Arrow chunk per string column; a notebook that polls for hours
+    would otherwise slow every later query on those columns.
+    """
+    for name in frame.columns:
+        values = frame[name].array
+        if not isinstance(values, pd.arrays.ArrowStringArray):
+            continue
+        chunked = values.__arrow_array__()
+        if isinstance(chunked, pa.ChunkedArray) and chunked.num_chunks > _MAX_ARROW_CHUNKS:
+            frame[name] = pd.array(chunked.combine_chunks(), dtype=frame[name].dtype)
+    return frame
+
+
+def _slice_chunk(signal: str, chunk: _Chunk, cut: int) -> dict[str, Any]:
+    types = COLUMN_TYPES[signal]
+    return {name: slice_column(types[name], values, cut, chunk.size) for name, values in chunk.columns.items()}
+
+
 class SignalTable:
-    """The stored items of one signal: chunks of column lists covering rows [first, next)."""
+    """The stored items of one signal: chunks of encoded columns covering rows [first, next)."""
 
     def __init__(self, signal: str, limit: int) -> None:
         self.signal = signal
@@ -207,8 +277,7 @@ class SignalTable:
             # Keep the newest rows of a partly evicted chunk; a sliced copy leaves snapshots intact.
             chunk = self._chunks[0]
             cut = new_first - chunk.start
-            columns = {name: values[cut:] for name, values in chunk.columns.items()}
-            self._chunks[0] = _Chunk(new_first, columns, chunk.size - cut)
+            self._chunks[0] = _Chunk(new_first, _slice_chunk(self.signal, chunk, cut), chunk.size - cut)
         self._first = new_first
         return excess
 
@@ -234,6 +303,7 @@ class SignalTable:
         if reuse and cache is not None:
             kept = cache[2].iloc[first - cache[0]:]
             frame = pd.concat([kept, new_rows], ignore_index=True) if len(new_rows) else kept.reset_index(drop=True)
+            frame = _compact_string_columns(frame)
         else:
             frame = new_rows
 
@@ -243,12 +313,15 @@ class SignalTable:
         return frame
 
     def _gather(self, chunks: list[_Chunk], new_from: int) -> pd.DataFrame:
-        columns: dict[str, list[Any]] = {name: [] for name in COLUMNS[self.signal]}
+        if not chunks:
+            return empty_frame(self.signal)
+        parts = []
+        count = 0
         for chunk in chunks:
             cut = max(0, new_from - chunk.start)
-            for name, values in chunk.columns.items():
-                columns[name].extend(values[cut:] if cut else values)
-        return build_frame(self.signal, columns)
+            parts.append(_slice_chunk(self.signal, chunk, cut) if cut else chunk.columns)
+            count += chunk.size - cut
+        return build_frame_from_chunks(self.signal, parts, count)
 
 
 Callback = Callable[[str, pd.DataFrame], Any]
@@ -277,7 +350,7 @@ class _Dispatcher:
         return unsubscribe
 
     def wants(self, signal: str) -> bool:
-        return any(signal in signals for _, signals in self._subscribers.values())
+        return any(signal in signals for _, signals in list(self._subscribers.values()))
 
     def publish(self, batch: Batch) -> None:
         with self._lock:
@@ -295,7 +368,7 @@ class _Dispatcher:
                 targets = [cb for cb, signals in self._subscribers.values() if batch.signal in signals]
             if not targets:
                 continue
-            frame = build_frame(batch.signal, batch.columns)
+            frame = build_frame(batch.signal, batch.columns, batch.size)
             for callback in targets:
                 try:
                     callback(batch.signal, frame)
@@ -347,7 +420,8 @@ def _trace_id(value: str) -> str:
 
 def _select(frame: pd.DataFrame, mask: Any) -> pd.DataFrame:
     if mask is None:
-        return frame
+        # A shallow copy shares the data (copy-on-write) but keeps a caller's new columns out of the cache.
+        return frame.copy(deep=False)
     return frame[mask].reset_index(drop=True)
 
 
@@ -366,7 +440,7 @@ class TelemetryQueries:
               min_duration_ms: float | None = None, errors_only: bool = False) -> pd.DataFrame:
         """Return stored spans, oldest first, filtered by the given arguments.
 
-        `since` and `until` bound `start_time` (inclusive); both take a datetime, a Timestamp, an ISO
+        `since` and `until` bound `start_time` (inclusive). Both take a datetime, a Timestamp, an ISO
         8601 string (naive values are UTC) or a timedelta counted back from now.
         """
         frame = self._frame("spans")
@@ -391,8 +465,8 @@ class TelemetryQueries:
                min_duration_ms: float | None = None, errors_only: bool = False) -> pd.DataFrame:
         """Return one row per trace, oldest first: its root span, time span, span and error counts, services.
 
-        The root is the earliest span without a parent among the trace's stored spans (or whose parent
-        is not stored); a trace with no such span uses its earliest span. `service` keeps traces that
+        The root is the earliest stored span that has no parent or whose parent is not stored. A trace
+        with no such span uses its earliest span. `service` keeps traces that
         touch any of the given services.
         """
         spans = self._frame("spans")
@@ -508,7 +582,7 @@ class TelemetryQueries:
         """Return stored log records, oldest first.
 
         `severity` is a minimum: a name (TRACE, DEBUG, INFO, WARN, ERROR, FATAL) or an OTLP severity
-        number; records without a severity number are left out when it is given. `contains` matches a
+        number. Records without a severity number are left out when it is given. `contains` matches a
         substring of the body (non-string bodies are matched on their `str()`), case-sensitively.
         """
         frame = self._frame("logs")

@@ -14,7 +14,7 @@ for group in "${groups[@]}"; do
   case "$group" in
     postgres) want postgresql ;;
     audio) want espeak-ng ;;
-    docker) want docker.io; want busybox-static ;;
+    docker) want docker.io; want busybox-static; want docker-compose ;;
     browser) want chromium; want chromium-driver ;;
     *) echo "Unknown group '$group'. Use postgres, docker, browser or audio." >&2; exit 2 ;;
   esac

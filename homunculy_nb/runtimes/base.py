@@ -32,6 +32,12 @@ class Launch:
     options: dict[str, Any] = field(default_factory=dict)
     on_output: OutputCallback = lambda stream, line: None
 
+    def __repr__(self) -> str:
+        # The environment, arguments and options may carry revealed secrets, so they are not shown.
+        program = self.command[0] if self.command else None
+        return (f"Launch(name={self.name!r}, program={program!r}, ports={self.ports!r}, "
+                f"env keys={sorted(self.env)!r}, option keys={sorted(self.options)!r})")
+
 
 class Running(abc.ABC):
     """A started resource: something the orchestrator can wait on, probe and stop."""

@@ -20,18 +20,34 @@ from homunculy_nb.runtimes.base import Launch, OutputCallback, Running, Runtime,
 
 logger = logging.getLogger(__name__)
 
-# Longest console line kept whole; longer lines are split.
+# Maximum length in bytes of a console line kept whole; longer lines are split.
 LINE_LIMIT = 1 << 20
 # Seconds to wait for the group to die after SIGKILL before giving up.
 KILL_GRACE = 5.0
 
 
+async def run_blocking(function, *args):
+    """Run a blocking call in a worker thread, or inline once the interpreter is shutting down.
+
+    At exit the default executor accepts no new work, but the `atexit` hook must still stop the stack.
+    """
+    try:
+        return await asyncio.to_thread(function, *args)
+    except RuntimeError as exc:
+        if "shutdown" not in str(exc):
+            raise
+        return function(*args)
+
+
 def process_start_time(pid: int) -> float | None:
-    """Return the start time of `pid` (seconds since the epoch), or None when it does not exist."""
+    """Return the start time of `pid` (seconds since the epoch), or None when it is gone or a zombie."""
     import psutil
 
     try:
-        return psutil.Process(pid).create_time()
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process.create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return None
 
@@ -98,7 +114,7 @@ class ProcessRunning(Running):
             await self.process.wait()
 
         # 3. Members that outlived the leader (a grandchild ignoring SIGTERM) get SIGKILL too.
-        if await asyncio.to_thread(group_members, self.pgid):
+        if await run_blocking(group_members, self.pgid):
             signal_group(self.pgid, signal.SIGKILL)
             await _wait_group_gone(self.pgid, KILL_GRACE)
 
@@ -112,7 +128,7 @@ class ProcessRunning(Running):
 async def _wait_group_gone(pgid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not await asyncio.to_thread(group_members, pgid):
+        if not await run_blocking(group_members, pgid):
             return True
         await asyncio.sleep(0.05)
     return False

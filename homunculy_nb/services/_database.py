@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 from urllib.parse import quote
 
 from psycopg.conninfo import make_conninfo
@@ -43,3 +44,25 @@ def describe(conninfo: str) -> str:
 
     parts = conninfo_to_dict(conninfo)
     return f"{parts.get('host', '?')}:{parts.get('port', '5432')}/{quote(str(parts.get('dbname', '?')))}"
+
+
+def find_nul(value: Any, path: str = "") -> str | None:
+    """Return the path of the first string (or object key) in `value` that contains a NUL character."""
+    if isinstance(value, str):
+        if "\x00" not in value:
+            return None
+        return path or "value"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and "\x00" in key:
+                return where
+            found = find_nul(item, where)
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = find_nul(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None

@@ -1,9 +1,10 @@
 """Logging and OpenTelemetry set-up shared by the reference services.
 
 Log lines are JSON objects carrying the current `trace_id` and `span_id`, so a line can be matched to
-its span. Tracing always runs through the SDK so those ids exist; spans, metrics and logs are exported
-over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or a per-signal endpoint) is set, using
-`OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc` or `http/protobuf`, the specification's default). The exporters
+its span. Tracing always runs through the SDK, so those ids exist even without a collector. Spans,
+metrics and logs are exported over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces
+endpoint) is set. `OTEL_EXPORTER_OTLP_PROTOCOL` selects `grpc` or `http/protobuf`, the specification's
+default. The exporters
 read the remaining `OTEL_*` variables (headers, service name, resource attributes, intervals) themselves.
 """
 
@@ -13,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +27,8 @@ logger = logging.getLogger(__name__)
 _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
 _PROTOCOLS = ("grpc", "http/protobuf")
+HEALTH_PATHS = ("/health", "/api/v1/health")
+SHUTDOWN_TIMEOUT = 3.0
 
 
 class JsonFormatter(logging.Formatter):
@@ -68,13 +72,24 @@ class Telemetry:
     exporting: bool
     _providers: list[Any] = field(default_factory=list)
 
-    def shutdown(self) -> None:
-        """Flush and stop every provider; called when the app shuts down."""
-        for provider in self._providers:
-            try:
-                provider.shutdown()
-            except Exception:  # noqa: BLE001 - a failed flush must not block the process exit
-                logger.warning("Flushing telemetry failed", exc_info=True)
+    def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
+        """Flush and stop every provider, giving up after `timeout` seconds.
+
+        An exporter whose collector is gone retries for longer than a stop signal allows, so the flush
+        runs on a daemon thread that the process may leave behind when it exits.
+        """
+        def flush() -> None:
+            for provider in self._providers:
+                try:
+                    provider.shutdown()
+                except Exception:  # noqa: BLE001 - a failed flush must not block the process exit
+                    logger.warning("Flushing telemetry failed", exc_info=True)
+
+        worker = threading.Thread(target=flush, name="telemetry-shutdown", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            logger.warning("Telemetry was not flushed within %.0f s; the rest is dropped", timeout)
 
 
 def configure_logging(service: str) -> None:
@@ -102,6 +117,24 @@ def configure_logging(service: str) -> None:
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers = []
         uvicorn_logger.propagate = True
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(existing, HealthProbeFilter) for existing in access.filters):
+        access.addFilter(HealthProbeFilter())
+
+
+class HealthProbeFilter(logging.Filter):
+    """Drop uvicorn's access lines for successful health checks, which a launcher probes every few seconds.
+
+    Failed health checks are kept.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # uvicorn's access record arguments: client address, method, path with query, HTTP version, status.
+        args = record.args
+        if not isinstance(args, tuple) or len(args) != 5:
+            return True
+        path, status = str(args[2]).partition("?")[0], args[4]
+        return not (path in HEALTH_PATHS and status == 200)
 
 
 def _otlp_protocol() -> str:

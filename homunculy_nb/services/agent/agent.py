@@ -92,7 +92,7 @@ class Agent:
         )
 
     def stream_reply(self, turn: PreparedTurn, completion: Completion) -> AsyncIterator[str]:
-        """Stream the reply's text pieces from the LLM; `completion` holds the totals at the end."""
+        """Stream the reply's text pieces from the LLM; `completion` contains the totals at the end."""
         return self.llm.stream(completion, turn.messages, turn.temperature, turn.max_tokens)
 
     async def finish(self, turn: PreparedTurn, completion: Completion) -> None:

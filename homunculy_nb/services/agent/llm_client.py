@@ -21,7 +21,7 @@ class LLMError(Exception):
 
 @dataclass
 class Completion:
-    """What one streamed completion produced, filled in while it streams."""
+    """The result of one streamed completion, filled in while it streams."""
 
     model: str
     text: str = ""
@@ -52,7 +52,7 @@ class LLMClient:
 
     async def stream(self, completion: Completion, messages: list[dict[str, str]], temperature: float,
                      max_tokens: int) -> AsyncIterator[str]:
-        """Yield the reply's text pieces as they arrive; `completion` holds usage once the stream ends."""
+        """Yield the reply's text pieces as they arrive; `completion` contains the usage once the stream ends."""
         body: dict[str, Any] = {
             "model": completion.model,
             "messages": messages,
@@ -81,7 +81,7 @@ class LLMClient:
                     if response.status_code != 200:
                         detail = (await response.aread()).decode(errors="replace")[:300]
                         raise LLMError(
-                            f"The LLM at {self.base_url} answered HTTP {response.status_code}: {detail}"
+                            f"The LLM at {self.base_url} returned HTTP {response.status_code}: {detail}"
                         )
                     async for piece in self._pieces(response, completion):
                         yield piece

@@ -1,7 +1,7 @@
 """Conversation storage: sessions per user and their messages, in PostgreSQL or in memory.
 
 PostgreSQL is used when `DB_*` or `DATABASE_URI` is set; its tables come from the service's changelog.
-The in-memory store (no database configured) forgets everything when the process exits.
+The in-memory store, used when no database is configured, loses everything when the process exits.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class PostgresStore:
         return f"PostgresStore({describe(self._conninfo)})"
 
     async def check(self) -> None:
-        """Raise `StoreError` unless the database answers and has the `messages` table."""
+        """Raise `StoreError` unless the database responds and has the `messages` table."""
         try:
             async with await psycopg.AsyncConnection.connect(self._conninfo) as conn:
                 await conn.execute("SELECT 1 FROM messages LIMIT 1")

@@ -1,7 +1,7 @@
 """Text-to-speech for the agent service: ElevenLabs, espeak-ng, or a generated tone.
 
-Local speech is encoded to MP3 with `lameenc` (LAME bindings from PyPI) when it is installed; without
-it the audio stays WAV and `format` says "wav", because the standard library has no MP3 encoder.
+Local speech is encoded to MP3 with `lameenc` (LAME bindings from PyPI) when it is installed. Without
+it the audio stays WAV and `format` is "wav", because the standard library has no MP3 encoder.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ class ElevenLabsSynthesizer(Synthesizer):
         except httpx.HTTPError as exc:
             raise SynthesisError(f"Calling ElevenLabs failed: {exc!r}") from exc
         if response.status_code != 200:
-            raise SynthesisError(f"ElevenLabs answered HTTP {response.status_code}: {response.text[:200]}")
+            raise SynthesisError(f"ElevenLabs returned HTTP {response.status_code}: {response.text[:200]}")
         # 64 kbit/s MP3: 8 bytes per millisecond.
         return AudioClip(response.content, "mp3", len(response.content) // 8)
 

@@ -1,6 +1,6 @@
 """The chat WebSocket: one `ChatConnection` per client, one task per turn, interruptible.
 
-Frames are read continuously while a turn streams, so a `ping` is answered mid-reply and a new
+Frames are read continuously while a turn streams, so a `ping` gets its `pong` mid-reply and a new
 `chat_request` cancels the running turn (its text and audio tasks) before the new one starts.
 """
 
@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 AUDIO_CHUNK_BYTES = 16 * 1024
 MESSAGE_TYPES = ("chat_request", "ping")
+# Code of the `error` frame that ends a turn failing inside the server, such as on a database error.
+# The contract's four codes all describe bad client frames.
+INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
 class _Turn:
@@ -36,6 +39,7 @@ class _Turn:
     def __init__(self) -> None:
         self.text_chunks = 0
         self.audio_chunks = 0
+        self.thread_id: str | None = None
         self.task: asyncio.Task[None] | None = None
 
 
@@ -82,9 +86,8 @@ class ChatConnection:
             self._outbox.put_nowait(None)
             try:
                 await writer
-            except (WebSocketDisconnect, RuntimeError):
-                # The client is gone; frames still queued cannot be delivered.
-                pass
+            except Exception as exc:  # noqa: BLE001 - the client is gone, whatever the transport raised
+                logger.debug("Frames still queued were not delivered: %r", exc)
 
     async def _dispatch(self, raw: str | bytes | None) -> None:
         try:
@@ -166,6 +169,12 @@ class ChatConnection:
             except Exception as exc:  # noqa: BLE001 - a failed turn must not close the connection
                 logger.exception("Chat turn failed", extra={"user_id": request.user_id})
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
+                # Without a final frame the client would wait for `complete` forever.
+                await self.send_error(
+                    INTERNAL_ERROR, "The chat turn failed on the server; the connection stays usable.",
+                    {"error": f"{type(exc).__name__}: {exc}", "thread_id": turn.thread_id,
+                     "text_chunks_sent": turn.text_chunks},
+                )
             finally:
                 span.set_attribute("homunculy.text_chunks", turn.text_chunks)
                 span.set_attribute("homunculy.audio_chunks", turn.audio_chunks)
@@ -174,6 +183,7 @@ class ChatConnection:
         agent = self.agent
         prepared = await agent.prepare(request.user_id, request.message, request.configuration, request.context)
         span.set_attribute("homunculy.thread_id", prepared.thread_id)
+        turn.thread_id = prepared.thread_id
         voice_id = request.voice_id or agent.settings.default_voice_id
 
         sentences: asyncio.Queue[str | None] = asyncio.Queue()

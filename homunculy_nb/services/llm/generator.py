@@ -2,7 +2,7 @@
 
 Replies are assembled from sentence templates, seeded from the model name and the conversation, so
 the same conversation always gets the same reply. They read as plausible sentences about a word taken
-from the last user message; they carry no meaning and answer nothing.
+from the last user message, but they carry no meaning and never address the question.
 """
 
 from __future__ import annotations

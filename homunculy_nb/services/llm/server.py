@@ -77,6 +77,13 @@ def _validate(body: Any) -> JSONResponse | None:
         return _error(400, f"max_tokens={limit!r} is invalid; it must be an integer of at least 1.", "max_tokens")
     if body.get("n", 1) != 1:
         return _error(400, "This local stand-in supports only n=1.", "n")
+    temperature = body.get("temperature")
+    if temperature is not None and (not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
+                                    or not 0 <= temperature <= 2):
+        return _error(400, f"temperature={temperature!r} is invalid; it must be a number from 0 to 2.", "temperature")
+    stream_options = body.get("stream_options")
+    if stream_options is not None and not isinstance(stream_options, dict):
+        return _error(400, "'stream_options' must be an object such as {\"include_usage\": true}.", "stream_options")
     return None
 
 

@@ -26,7 +26,7 @@ TIERS: dict[str, TierLimits] = {
                              max_requests_per_minute=300),
 }
 
-# NOTE: blended input/output prices per 1,000 tokens in USD, estimated from public list prices; the
+# NOTE: blended input/output prices per 1,000 tokens in USD, estimated from public list prices. The
 # execute response reports only total tokens, so input and output cannot be priced apart.
 PRICE_PER_1K_TOKENS: dict[str, Decimal] = {
     "gpt-4o-mini": Decimal("0.0004"),
@@ -53,7 +53,7 @@ def today_utc() -> date:
 
 @dataclass(frozen=True)
 class QuotaExceeded:
-    """Which limit stopped a request, and when it allows the next one."""
+    """The limit that stopped a request, and the time it allows the next one."""
 
     limit: str
     maximum: int

@@ -7,6 +7,7 @@ the `X-API-Key` header).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import uuid
@@ -21,11 +22,11 @@ import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from homunculy_nb import __version__
-from homunculy_nb.services._database import conninfo_from_env, describe
+from homunculy_nb.services._database import conninfo_from_env, describe, find_nul
 from homunculy_nb.services._observability import configure_logging, configure_telemetry, instrument_app
 from homunculy_nb.services.management.quotas import TIERS, cost_of
 from homunculy_nb.services.management.store import Conflict, Forbidden, ManagementStore
@@ -36,11 +37,23 @@ SERVICE_NAME = "management-app"
 
 
 class ApiError(Exception):
-    """An error answered as `{"error": message}` with `status`."""
+    """An error returned as `{"error": message}` with HTTP status `status`."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class _Body(BaseModel):
+    """A request body stored in PostgreSQL, which cannot hold NUL characters in text or JSONB."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_nul(cls, data: Any) -> Any:
+        where = find_nul(data)
+        if where is not None:
+            raise ValueError(f"{where} contains a NUL character (\\u0000), which cannot be stored. Remove it.")
+        return data
 
 
 class Personality(BaseModel):
@@ -49,33 +62,35 @@ class Personality(BaseModel):
     name: str | None = None
     description: str | None = None
     traits: dict[str, Any] | None = None
-    mood: str | None = None
+    # The agent stores the mood in a VARCHAR(50) column.
+    mood: str | None = Field(default=None, max_length=50)
 
 
 class Configuration(BaseModel):
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
 
-    provider: str | None = None
-    model_name: str | None = None
+    provider: str | None = Field(default=None, max_length=50)
+    model_name: str | None = Field(default=None, max_length=100)
     system_prompt: str | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, gt=0)
     personality: Personality | None = None
 
 
-class UserCreate(BaseModel):
-    email: str = Field(min_length=3, pattern=r"^[^@\s]+@[^@\s]+$")
-    name: str = Field(min_length=1)
+# Maximum lengths are the column sizes of the service's changelog.
+class UserCreate(_Body):
+    email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    name: str = Field(min_length=1, max_length=200)
     subscription_tier: Literal["free", "premium", "enterprise"] = "free"
 
 
-class AgentCreate(BaseModel):
+class AgentCreate(_Body):
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=200)
     description: str | None = None
-    provider: str | None = None
-    model_name: str | None = None
+    provider: str | None = Field(default=None, max_length=50)
+    model_name: str | None = Field(default=None, max_length=100)
     system_prompt: str | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, gt=0)
@@ -83,7 +98,15 @@ class AgentCreate(BaseModel):
 
 
 class AgentUpdate(AgentCreate):
-    name: str | None = Field(default=None, min_length=1)  # type: ignore[assignment]
+    name: str | None = Field(default=None, min_length=1, max_length=200)  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _reject_null_required(self) -> AgentUpdate:
+        # Every column but system_prompt is NOT NULL; a null would reach PostgreSQL as a constraint error.
+        nulls = sorted(key for key in self.model_fields_set if key != "system_prompt" and getattr(self, key) is None)
+        if nulls:
+            raise ValueError(f"{', '.join(nulls)} cannot be null. Leave a field out to keep its value.")
+        return self
 
 
 class AssignmentCreate(BaseModel):
@@ -93,7 +116,7 @@ class AssignmentCreate(BaseModel):
     max_concurrent_requests: int = Field(default=1, gt=0)
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(_Body):
     user_id: uuid.UUID
     message: str = Field(min_length=1)
     agent_id: uuid.UUID | None = None
@@ -173,6 +196,12 @@ def create_app() -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the traceback after this handler; the body keeps the `{"error": ...}` shape.
+        return JSONResponse({"error": f"Internal error while handling {request.method} {request.url.path}: "
+                                      f"{type(exc).__name__}"}, status_code=500)
 
     def health() -> dict[str, str]:
         return {"status": "healthy", "service": "management-service", "version": __version__}
@@ -285,43 +314,64 @@ def create_app() -> FastAPI:
         user_id = str(body.user_id)
         try:
             agent, max_concurrent = await store.choose_agent(user_id, str(body.agent_id) if body.agent_id else None)
-            admitted = await store.admit(user_id, str(agent["id"]) if agent else None)
         except Forbidden as exc:
             raise ApiError(403, str(exc)) from exc
-        if admitted is None:
-            raise ApiError(404, f"User {user_id} not found. Create it with POST /api/v1/users.")
-        if not isinstance(admitted, tuple):
-            now = datetime.now(timezone.utc)
-            logger.warning("Quota exceeded", extra={"user_id": user_id, "limit": admitted.limit})
-            response = admitted.body(now)
-            return JSONResponse(response, status_code=429,
-                                headers={"Retry-After": str(response["retry_after_seconds"])})
-        usage_id, _ = admitted
 
+        # The concurrency check comes first, so a rejected request does not count against the quota.
         slot = (user_id, str(agent["id"]) if agent else "")
         if max_concurrent and in_flight[slot] >= max_concurrent:
-            raise ApiError(429, f"The assignment allows {max_concurrent} concurrent request(s) to this agent; "
-                                "wait for the running one to finish.")
+            logger.warning("Concurrent request limit reached", extra={"user_id": user_id, "agent_id": slot[1]})
+            # Same fields as a quota 429, so a client reads one shape; the slot frees when a request ends.
+            return JSONResponse({
+                "error": f"The assignment allows {max_concurrent} concurrent request(s) to agent {slot[1]}. "
+                         "Wait for the running one to finish.",
+                "limit": "max_concurrent_requests",
+                "max": max_concurrent,
+                "used": in_flight[slot],
+            }, status_code=429)
+
         in_flight[slot] += 1
         try:
-            reply = await _forward(state["http"], agent_url, agent_api_key, user_id, body,
-                                   _agent_configuration(agent, body.configuration))
+            return await _admit_and_forward(store, state["http"], agent_url, agent_api_key, user_id, agent, body)
         finally:
             in_flight[slot] -= 1
 
-        metadata = reply.get("metadata") or {}
-        tokens = int(metadata.get("tokens_used") or 0)
-        cost = cost_of(str(metadata.get("model_used") or ""), tokens)
-        today = await store.record_usage(usage_id, user_id, tokens, cost)
-        logger.info("Chat forwarded", extra={"user_id": user_id, "tokens": tokens, "cost_usd": float(cost)})
-        return {
-            "message": reply.get("message", ""),
-            "confidence": reply.get("confidence"),
-            "reasoning": reply.get("reasoning"),
-            "usage": {"tokens_used": tokens, "cost": float(cost), **today},
-        }
-
     return app
+
+
+async def _admit_and_forward(store: ManagementStore, http: httpx.AsyncClient, agent_url: str, api_key: str,
+                             user_id: str, agent: dict[str, Any] | None, body: ChatRequest) -> Any:
+    """Count the request against the user's quota, forward it to the agent, and record its usage."""
+    try:
+        admitted = await store.admit(user_id, str(agent["id"]) if agent else None)
+    except Forbidden as exc:
+        raise ApiError(403, str(exc)) from exc
+    if admitted is None:
+        raise ApiError(404, f"User {user_id} not found. Create it with POST /api/v1/users.")
+    if not isinstance(admitted, tuple):
+        logger.warning("Quota exceeded", extra={"user_id": user_id, "limit": admitted.limit})
+        response = admitted.body(datetime.now(timezone.utc))
+        return JSONResponse(response, status_code=429, headers={"Retry-After": str(response["retry_after_seconds"])})
+    usage_id, _ = admitted
+
+    try:
+        reply = await _forward(http, agent_url, api_key, user_id, body, _agent_configuration(agent, body.configuration))
+    except BaseException:
+        # The user got no answer, so the request must not count against the quota.
+        await asyncio.shield(store.cancel_usage(usage_id, user_id))
+        raise
+
+    metadata = reply.get("metadata") or {}
+    tokens = int(metadata.get("tokens_used") or 0)
+    cost = cost_of(str(metadata.get("model_used") or ""), tokens)
+    today = await store.record_usage(usage_id, user_id, tokens, cost)
+    logger.info("Chat forwarded", extra={"user_id": user_id, "tokens": tokens, "cost_usd": float(cost)})
+    return {
+        "message": reply.get("message", ""),
+        "confidence": reply.get("confidence"),
+        "reasoning": reply.get("reasoning"),
+        "usage": {"tokens_used": tokens, "cost": float(cost), **today},
+    }
 
 
 async def _forward(http: httpx.AsyncClient, agent_url: str, api_key: str, user_id: str, body: ChatRequest,
@@ -335,7 +385,7 @@ async def _forward(http: httpx.AsyncClient, agent_url: str, api_key: str, user_i
         logger.error("Calling the agent service failed: %r", exc, extra={"user_id": user_id})
         raise ApiError(502, f"The agent service at {agent_url} cannot be reached: {exc!r}") from exc
     if response.status_code != 200:
-        logger.error("The agent service answered HTTP %s", response.status_code, extra={"user_id": user_id})
-        raise ApiError(502, f"The agent service answered HTTP {response.status_code}: {response.text[:300]}")
+        logger.error("The agent service returned HTTP %s", response.status_code, extra={"user_id": user_id})
+        raise ApiError(502, f"The agent service returned HTTP {response.status_code}: {response.text[:300]}")
     return response.json()
 

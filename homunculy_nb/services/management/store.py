@@ -47,7 +47,7 @@ class ManagementStore:
         return await psycopg.AsyncConnection.connect(self._conninfo, row_factory=dict_row)
 
     async def check(self) -> None:
-        """Raise `psycopg` errors unless the database answers and has the `users` table."""
+        """Raise `psycopg` errors unless the database responds and has the `users` table."""
         async with await self.connect() as conn:
             await conn.execute("SELECT 1 FROM users LIMIT 1")
 
@@ -195,8 +195,9 @@ class ManagementStore:
     async def choose_agent(self, user_id: str, agent_id: str | None) -> tuple[dict[str, Any] | None, int]:
         """Return the agent a chat uses and its concurrency limit.
 
-        With `agent_id`, that agent (it must be assigned when the user has assignments); without, the
-        assigned active agent of highest priority, least recently used first among equals (pool rotation).
+        With `agent_id` it is that agent, which must be assigned when the user has any assignment.
+        Without it, the assigned active agent of highest priority is chosen, and among equals the least
+        recently used one, so a pool rotates.
         """
         async with await self.connect() as conn:
             cursor = await conn.execute(
@@ -280,6 +281,18 @@ class ManagementStore:
                     (user_id,),
                 )
         return usage_id, quota
+
+    async def cancel_usage(self, usage_id: int, user_id: str) -> None:
+        """Take back a request that `admit` counted but that was never answered."""
+        async with await self.connect() as conn:
+            async with conn.transaction():
+                cursor = await conn.execute("DELETE FROM usage_metrics WHERE id = %s", (usage_id,))
+                if cursor.rowcount:
+                    await conn.execute(
+                        "UPDATE user_quotas SET used_requests_today = greatest(used_requests_today - 1, 0), "
+                        "updated_at = now() WHERE user_id = %s",
+                        (user_id,),
+                    )
 
     async def record_usage(self, usage_id: int, user_id: str, tokens: int, cost: Decimal) -> dict[str, Any]:
         """Add a finished request's tokens and cost; return the user's counters for today."""

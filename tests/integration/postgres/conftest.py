@@ -32,16 +32,17 @@ def template_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture
 def runtime(template_cache: Path) -> PostgresRuntime:
-    return PostgresRuntime(template_cache=template_cache)
+    """A runtime that keeps every cluster in its `data_dir`, so the tests see the data on disk."""
+    return PostgresRuntime(template_cache=template_cache, memory_root=False)
 
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     """A private (0700) directory for data directories, outside pytest's basetemp.
 
-    NOTE: pytest resets its basetemp root to mode 0700 at each session start, which also clears the
-    ACL mask that lets the server's OS user through; concurrent sessions as root would break servers
-    whose data directories live there.
+    NOTE: pytest resets its basetemp root to mode 0700 at each session start, and that also clears the
+    ACL mask that lets the server's OS user through. A concurrent session as root would then break
+    servers whose data directories live there.
     """
     path = Path(tempfile.mkdtemp(prefix="hnb-pg-test-"))
     yield path

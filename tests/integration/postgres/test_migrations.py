@@ -263,3 +263,79 @@ def test_concurrent_runners_apply_each_change_set_once(master, database_uri):
     assert len(executed) == 4
     assert len(set(executed)) == 4
     assert query(database_uri, "SELECT count(*) FROM steps") == [(2,)]
+
+
+def test_lock_timeout_names_the_holding_session(tmp_path, database_uri):
+    from homunculy_nb.migrations import LOCK_KEY
+
+    changelog = write(tmp_path / "x.sql", "--liquibase formatted sql\n--changeset a:1\nSELECT 1;\n")
+    with psycopg.connect(database_uri, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        holder_pid = holder.info.backend_pid
+
+        with pytest.raises(MigrationError, match=f"held by the session with backend pid {holder_pid}"):
+            apply_changelog(changelog, database_uri, lock_timeout=0.5)
+
+
+def test_percent_signs_and_rollback_blocks(tmp_path, database_uri):
+    changelog = write(tmp_path / "percent.sql", """
+        --liquibase formatted sql
+        --changeset fay:1
+        CREATE TABLE rates (label text);
+        INSERT INTO rates VALUES ('100%'), ('%s');
+        /* liquibase rollback
+        DROP TABLE rates;
+        */
+    """)
+
+    apply_changelog(changelog, database_uri)
+
+    assert query(database_uri, "SELECT label FROM rates") == [("100%",), ("%s",)]
+
+
+def test_preconditions_mark_ran_continue_and_pass(tmp_path, database_uri):
+    changelog = write(tmp_path / "pre.sql", """
+        --liquibase formatted sql
+        --changeset gil:exists
+        CREATE TABLE present (id int);
+
+        --changeset gil:mark-ran
+        --preconditions onFail:MARK_RAN
+        --precondition-sql-check expectedResult:0 SELECT count(*) FROM pg_tables WHERE tablename = 'present'
+        CREATE TABLE present (id int);
+
+        --changeset gil:later
+        --preconditions onFail:CONTINUE
+        --precondition-table-exists table:later_input schema:public
+        INSERT INTO later_input VALUES (1);
+
+        --changeset gil:passes
+        --preconditions onFail:HALT
+        --precondition-table-exists table:present
+        INSERT INTO present VALUES (7);
+    """)
+
+    results = apply_changelog(changelog, database_uri)
+
+    assert [r.exec_type for r in results] == ["EXECUTED", "MARK_RAN", "SKIPPED", "EXECUTED"]
+    assert query(database_uri, "SELECT id, exectype FROM databasechangelog ORDER BY orderexecuted") == [
+        ("exists", "EXECUTED"), ("mark-ran", "MARK_RAN"), ("passes", "EXECUTED"),
+    ]
+    with psycopg.connect(database_uri, autocommit=True) as connection:
+        connection.execute("CREATE TABLE later_input (id int)")
+    assert [r.exec_type for r in apply_changelog(changelog, database_uri)] == [
+        "SKIPPED", "SKIPPED", "EXECUTED", "SKIPPED",
+    ]
+
+
+def test_failed_precondition_halts_by_default(tmp_path, database_uri):
+    changelog = write(tmp_path / "halt.sql", """
+        --liquibase formatted sql
+        --changeset hal:1
+        --precondition-sql-check expectedResult:1 SELECT 0
+        CREATE TABLE never (id int);
+    """)
+
+    with pytest.raises(MigrationError, match=r"precondition `sql-check expectedResult:1 SELECT 0` of the change set `1`"):
+        apply_changelog(changelog, database_uri)
+    assert query(database_uri, "SELECT to_regclass('never') IS NULL") == [(True,)]

@@ -60,7 +60,7 @@ def test_listens_on_loopback_only_with_scram(make_launch, start, connect):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-def test_root_caller_runs_server_as_unprivileged_owner_of_data_dir(make_launch, start):
+def test_root_caller_gets_unprivileged_server(make_launch, start):
     server = start(make_launch())
 
     server_uid = psutil.Process(server.pid).uids().real
@@ -96,7 +96,7 @@ def test_server_log_lines_reach_on_output(make_launch, start):
     assert any("database system is ready to accept connections" in line for line in output)
 
 
-def test_non_persistent_data_and_socket_dirs_are_removed_at_stop(make_launch, start):
+def test_stop_removes_non_persistent_dirs(make_launch, start):
     server = start(make_launch(persistent=False))
     assert server.data_dir.is_dir()
 
@@ -104,6 +104,35 @@ def test_non_persistent_data_and_socket_dirs_are_removed_at_stop(make_launch, st
 
     assert not server.data_dir.exists()
     assert not server.socket_dir.exists()
+
+
+def test_non_persistent_cluster_in_memory_root(make_launch, template_cache, workdir):
+    memory_root = workdir / "ram"
+    memory_root.mkdir()
+    runtime = PostgresRuntime(template_cache=template_cache, memory_root=memory_root)
+    launch = make_launch(persistent=False)
+
+    server = _loop.run(runtime.start(launch), timeout=120)
+    try:
+        assert server.data_dir.parent == memory_root
+        assert not Path(launch.options["data_dir"]).exists()
+    finally:
+        _loop.run(server.stop(), timeout=60)
+    assert list(memory_root.iterdir()) == []
+
+
+def test_failed_start_leaves_nothing_in_memory_root(make_launch, template_cache, workdir):
+    memory_root = workdir / "ram"
+    memory_root.mkdir()
+    runtime = PostgresRuntime(template_cache=template_cache, memory_root=memory_root)
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        with pytest.raises(PortInUseError):
+            _loop.run(runtime.start(make_launch(port=holder.getsockname()[1])), timeout=120)
+
+    assert list(memory_root.iterdir()) == []
 
 
 def test_persistent_data_survives_and_new_password_applies(make_launch, start, connect, workdir):
@@ -157,7 +186,7 @@ def test_port_taken_by_another_process_is_reported(make_launch, runtime):
     assert not Path(launch.options["data_dir"]).exists()
 
 
-def test_data_dir_of_a_running_server_is_not_reused(make_launch, start, runtime):
+def test_data_dir_in_use_is_rejected(make_launch, start, runtime):
     server = start(make_launch(persistent=True))
 
     with pytest.raises(StartupError, match=f"in use by the PostgreSQL server with pid {server.pid}"):
@@ -177,7 +206,8 @@ _ORPHAN_SCRIPT = textwrap.dedent(
         options={"user": "postgres", "password": "pw", "databases": [], "data_dir": Path(sys.argv[1]) / "data",
                  "persistent": False},
     )
-    server = _loop.run(PostgresRuntime(template_cache=Path(sys.argv[3])).start(launch), timeout=120)
+    runtime = PostgresRuntime(template_cache=Path(sys.argv[3]), memory_root=Path(sys.argv[4]))
+    server = _loop.run(runtime.start(launch), timeout=120)
     print(json.dumps(server.state_record()), flush=True)
     time.sleep(600)
     """
@@ -190,11 +220,15 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_orphan_is_stopped_after_the_starting_process_is_killed(workdir, template_cache):
+@pytest.mark.parametrize("recorded", ["full record", "data_dir only"])
+def test_orphan_stopped_after_sigkill(workdir, template_cache, recorded):
     run_dir = workdir / "orphan"
     run_dir.mkdir()
+    memory_root = workdir / "ram"
+    memory_root.mkdir()
     starter = subprocess.Popen(
-        [sys.executable, "-c", _ORPHAN_SCRIPT, str(run_dir), str(_free_port()), str(template_cache)],
+        [sys.executable, "-c", _ORPHAN_SCRIPT, str(run_dir), str(_free_port()), str(template_cache),
+         str(memory_root)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     try:
@@ -204,19 +238,24 @@ def test_orphan_is_stopped_after_the_starting_process_is_killed(workdir, templat
         starter.wait(timeout=30)
         starter.stdout.close()
 
+    if recorded == "data_dir only":
+        orphan_record = {"data_dir": record["data_dir"], "socket_dir": record["socket_dir"], "persistent": False}
+    else:
+        orphan_record = record
     try:
         assert psutil.pid_exists(record["pid"])  # the server outlived the process that started it
 
-        assert PostgresRuntime.stop_orphan(record) is True
+        assert PostgresRuntime.stop_orphan(orphan_record) is True
 
         assert not _alive(record["pid"])
         assert not Path(record["data_dir"]).exists()
+        assert list(memory_root.iterdir()) == []
     finally:
         if _alive(record["pid"]):
             os.killpg(record["pid"], signal.SIGKILL)
 
 
-def test_orphan_record_with_another_start_time_is_left_alone():
+def test_orphan_with_reused_pid_left_alone():
     bystander = subprocess.Popen(["sleep", "60"])
     try:
         record = {"pid": bystander.pid, "create_time": psutil.Process(bystander.pid).create_time() - 100,
@@ -234,3 +273,23 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_password_stays_out_of_command_lines_and_logs(make_launch, start, connect):
+    output: list[str] = []
+    server = start(make_launch(output=output))
+    with connect(server) as connection:
+        connection.execute("SELECT 1")
+
+    server_process = psutil.Process(server.pid)
+    command_lines = []
+    for process in [server_process, *server_process.children(recursive=True)]:
+        try:
+            command_lines.append(" ".join(process.cmdline()))
+        except psutil.NoSuchProcess:
+            continue  # a backend that ended meanwhile
+    assert command_lines
+    assert all(PASSWORD not in line for line in command_lines)
+    assert all(PASSWORD not in line for line in output)
+    assert PASSWORD not in repr(server)
+    assert PASSWORD not in json.dumps(server.state_record())

@@ -6,7 +6,6 @@ Every server binds 127.0.0.1 on a free port and is stopped (and its data removed
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import shutil
 import signal
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 import homunculy_nb.services
@@ -42,60 +40,21 @@ def free_port() -> int:
 # -- PostgreSQL ---------------------------------------------------------------------------------
 
 
-def _postgres_bin(name: str) -> str:
-    for directory in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (directory / name).exists():
-            return str(directory / name)
-    found = shutil.which(name)
-    if found is None:
-        pytest.skip(f"{name} is not installed; run `apt-get install postgresql`")
-    return found
-
-
 class PostgresServer:
-    """A throwaway PostgreSQL cluster; as root it runs as the `postgres` user, which initdb requires."""
+    """A throwaway PostgreSQL server started by the package's own runtime."""
 
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.data = base / "data"
-        self.port = free_port()
-        self.as_user: list[str] = []
-        if os.geteuid() == 0:
-            self.as_user = ["runuser", "-u", "postgres", "--"]
-            shutil.chown(base, "postgres")
-
-    def start(self) -> None:
-        subprocess.run([*self.as_user, _postgres_bin("initdb"), "-D", str(self.data), "-U", "tester",
-                        "--auth=trust", "--no-sync"], check=True, capture_output=True)
-        options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off"
-        subprocess.run([*self.as_user, _postgres_bin("pg_ctl"), "-D", str(self.data), "-o", options,
-                        "-l", str(self.base / "server.log"), "-w", "start"], check=True, capture_output=True)
-
-    def stop(self) -> None:
-        subprocess.run([*self.as_user, _postgres_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
-                       capture_output=True)
+    def __init__(self, handle: Any, password: str) -> None:
+        self.handle = handle
+        self.port = handle.port
+        self.user = handle.user
+        self.password = password
 
     def uri(self, database: str) -> str:
-        return f"postgresql://tester@127.0.0.1:{self.port}/{database}"
-
-    def create_database(self, name: str) -> str:
-        with psycopg.connect(self.uri("postgres"), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return self.uri(name)
+        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
 
 
 def apply_changelog(changelog: Path, uri: str) -> None:
-    """Apply a service's changelog with the package's migration runner."""
-    if importlib.util.find_spec("homunculy_nb.migrations") is None:
-        # NOTE: stand-in until the migration runner is merged: runs each included file once, in order.
-        import xml.etree.ElementTree as ElementTree
-
-        with psycopg.connect(uri, autocommit=True) as conn:
-            for include in ElementTree.parse(changelog).getroot():
-                if include.tag.endswith("include"):
-                    conn.execute((changelog.parent / include.attrib["file"]).read_text())
-        return
-
+    """Apply a service's changelog with the package's migration command, as the stack does."""
     result = subprocess.run(
         [sys.executable, "-m", "homunculy_nb.migrations", str(changelog)],
         env={**os.environ, "DATABASE_URI": uri, "PYTHONPATH": str(REPO_ROOT)},
@@ -106,13 +65,24 @@ def apply_changelog(changelog: Path, uri: str) -> None:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    # Not under pytest's temporary root: that directory is private to root, and the server runs as `postgres`.
+    from homunculy_nb import _loop
+    from homunculy_nb.runtimes.base import Launch
+    from homunculy_nb.runtimes.postgres import PostgresRuntime
+
+    # Outside pytest's temporary root, which is private to root while the server may run as `postgres`.
     base = Path(tempfile.mkdtemp(prefix="homunculy-services-pg-"))
-    server = PostgresServer(base)
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(base, ignore_errors=True)
+    password = "services-test-password"
+    launch = Launch(
+        name="services-postgres", run_dir=base, ports={"tcp": free_port()},
+        options={"user": "postgres", "password": password, "databases": ["homunculy", "management"],
+                 "data_dir": base / "data", "persistent": False},
+    )
+    handle = _loop.run(PostgresRuntime().start(launch), timeout=120)
+    try:
+        yield PostgresServer(handle, password)
+    finally:
+        _loop.run(handle.stop(timeout=10), timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # -- OTLP receiver ------------------------------------------------------------------------------
@@ -272,15 +242,16 @@ def services(postgres: PostgresServer, otlp: OtlpReceiver,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The LLM, agent and management services wired together, with their databases migrated."""
     logs = tmp_path_factory.mktemp("service-logs")
-    agent_uri = postgres.create_database("homunculy")
-    management_uri = postgres.create_database("management")
+    agent_uri = postgres.uri("homunculy")
+    management_uri = postgres.uri("management")
     apply_changelog(AGENT_CHANGELOG, agent_uri)
     apply_changelog(MANAGEMENT_CHANGELOG, management_uri)
 
     started: list[ServiceProcess] = []
     try:
         llm = ServiceProcess("homunculy_nb.services.llm:app", {
-            "LOCAL_LLM_TTFT_MS": "20", "LOCAL_LLM_TOKENS_PER_SECOND": "400", **telemetry_env(otlp, "llm"),
+            # Slow enough that a second request reliably arrives while the first reply streams.
+            "LOCAL_LLM_TTFT_MS": "20", "LOCAL_LLM_TOKENS_PER_SECOND": "100", **telemetry_env(otlp, "llm"),
         }, logs / "llm.log")
         started.append(llm.start())
         agent = ServiceProcess("homunculy_nb.services.agent:app", {
@@ -289,8 +260,8 @@ def services(postgres: PostgresServer, otlp: OtlpReceiver,
         }, logs / "agent.log")
         started.append(agent.start())
         management = ServiceProcess("homunculy_nb.services.management:app", {
-            "DB_HOST": "127.0.0.1", "DB_PORT": str(postgres.port), "DB_NAME": "management", "DB_USER": "tester",
-            "DB_PASSWORD": "", "HOMUNCULY_BASE_URL": agent.url, "HOMUNCULY_API_KEY": "test-key",
+            "DB_HOST": "127.0.0.1", "DB_PORT": str(postgres.port), "DB_NAME": "management", "DB_USER": postgres.user,
+            "DB_PASSWORD": postgres.password, "HOMUNCULY_BASE_URL": agent.url, "HOMUNCULY_API_KEY": "test-key",
             **telemetry_env(otlp, "management-app"),
         }, logs / "management.log")
         started.append(management.start())

@@ -76,7 +76,9 @@ def test_turn_streams_text_audio_metadata(services):
                                                                     audio[0]["chunk_index"] + len(audio)))
     first_audio = base64.b64decode(audio[0]["data"])
     assert len(first_audio) == audio[0]["size_bytes"]
-    assert first_audio[0] == 0xFF and first_audio[1] & 0xE0 == 0xE0  # an MPEG audio frame header
+    # An MPEG audio frame header starts with 11 set bits.
+    assert first_audio[0] == 0xFF
+    assert first_audio[1] & 0xE0 == 0xE0
     assert audio[-1]["is_final"] is True
     assert audio[-1]["data"] == ""
 
@@ -142,8 +144,70 @@ def test_error_codes_keep_connection(services, frame, code):
     assert error["type"] == "error"
     assert error["code"] == code
     assert error["message"]
-    assert "timestamp" in error and "details" in error
+    assert "timestamp" in error
+    assert "details" in error
     assert pong["type"] == "pong"
+
+
+@pytest.mark.parametrize("fields, where", [
+    ({"user_id": "u" * 201}, "user_id"),
+    ({"message": "hello \x00 there"}, "message"),
+    ({"context": {"notes": ["ok", "bad \x00"]}}, "context.notes[1]"),
+    ({"configuration": {"personality": {"mood": "m" * 51}}}, "configuration.personality.mood"),
+    ({"configuration": {"model_name": "m" * 101}}, "configuration.model_name"),
+])
+def test_unstorable_request_invalid(services, fields, where):
+    frame = {"type": "chat_request", "user_id": "unstorable", "message": "hi", "stream_audio": False, **fields}
+    with connect(ws_url(services)) as ws:
+        receive(ws)
+        ws.send(json.dumps(frame))
+        error = receive(ws)
+        ws.send(json.dumps({"type": "ping"}))
+        pong = receive(ws)
+    execute = httpx.post(services["agent"].url + "/api/v1/agents/execute",
+                         json={key: value for key, value in frame.items() if key != "type"}, timeout=TIMEOUT)
+
+    assert error["type"] == "error"
+    assert error["code"] == "INVALID_REQUEST"
+    assert where in json.dumps(error["details"])
+    assert pong["type"] == "pong"
+    assert execute.status_code == 422
+
+
+def test_failed_turn_ends_with_error(services):
+    # A constraint the changelog does not have makes storing this one message fail inside the turn.
+    marker = f"reject-{uuid.uuid4().hex[:8]}"
+    constraint = f"qa_{marker.replace('-', '_')}"
+    with psycopg.connect(services["agent_uri"], autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE messages ADD CONSTRAINT {constraint} CHECK (content NOT LIKE '%{marker}%')")
+    try:
+        with connect(ws_url(services)) as ws:
+            receive(ws)
+            ws.send(chat_request("failing-turn", f"please store {marker}", stream_audio=False))
+            error = receive(ws)
+            ws.send(chat_request("failing-turn", "and now a normal question", stream_audio=False))
+            frames = receive_turn(ws)
+    finally:
+        with psycopg.connect(services["agent_uri"], autocommit=True) as conn:
+            conn.execute(f"ALTER TABLE messages DROP CONSTRAINT {constraint}")
+
+    assert error["type"] == "error"
+    assert error["code"] == "INTERNAL_ERROR"
+    assert "CheckViolation" in error["details"]["error"]
+    assert frames[-1]["message"]
+
+
+def test_health_probes_not_logged(services):
+    for _ in range(3):
+        httpx.get(services["agent"].url + "/health", timeout=TIMEOUT)
+    httpx.get(services["agent"].url + "/", timeout=TIMEOUT)
+    missing = httpx.get(services["agent"].url + "/health?probe=1", timeout=TIMEOUT)
+    lines = [json.loads(line) for line in services["agent"].log().splitlines() if line.startswith("{")]
+    access = [line["message"] for line in lines if line["logger"] == "uvicorn.access"]
+
+    assert missing.status_code == 200
+    assert not [message for message in access if "GET /health" in message]
+    assert [message for message in access if '"GET / HTTP/1.1" 200' in message]
 
 
 def test_execute_matches_schema(services):

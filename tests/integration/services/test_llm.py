@@ -83,6 +83,9 @@ def test_max_tokens_cuts_reply(services):
     ({"messages": CONVERSATION}, "model"),
     ({"model": "gpt-4o-mini", "messages": []}, "messages"),
     ({"model": "gpt-4o-mini", "messages": CONVERSATION, "max_tokens": 0}, "max_tokens"),
+    ({"model": "gpt-4o-mini", "messages": CONVERSATION, "temperature": 2.5}, "temperature"),
+    ({"model": "gpt-4o-mini", "messages": CONVERSATION, "temperature": "hot"}, "temperature"),
+    ({"model": "gpt-4o-mini", "messages": CONVERSATION, "stream": True, "stream_options": "usage"}, "stream_options"),
 ])
 def test_invalid_request_rejected(services, body, param):
     response = httpx.post(f"{services['llm'].url}/v1/chat/completions", json=body, timeout=10)

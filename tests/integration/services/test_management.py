@@ -59,6 +59,31 @@ def test_bad_user_body_is_400(services, body):
     assert "error" in response.json()
 
 
+@pytest.mark.parametrize("path, body, field", [
+    ("/users", {"email": "long@example.org", "name": "x" * 201}, "name"),
+    ("/users", {"email": "nul@example.org", "name": "A\x00da"}, "name"),
+    ("/agents", {"name": "x" * 201}, "name"),
+    ("/agents", {"name": "Sage", "personality": {"mood": "\x00"}}, "personality.mood"),
+])
+def test_unstorable_body_is_400(services, path, body, field):
+    response = httpx.post(api(services) + path, json=body, timeout=TIMEOUT)
+
+    assert response.status_code == 400
+    assert field in response.json()["error"]
+
+
+def test_agent_update_null_is_400(services):
+    agent = create_agent(services)
+    response = httpx.put(f"{api(services)}/agents/{agent['id']}", json={"name": None, "provider": None},
+                         timeout=TIMEOUT)
+    cleared = httpx.put(f"{api(services)}/agents/{agent['id']}", json={"system_prompt": None}, timeout=TIMEOUT)
+
+    assert response.status_code == 400
+    assert "name, provider cannot be null" in response.json()["error"]
+    assert cleared.status_code == 200
+    assert cleared.json()["name"] == "Sage"
+
+
 def test_duplicate_email_conflicts(services):
     user = create_user(services)
     body = {"email": user["email"], "name": "Again", "subscription_tier": "free"}
@@ -158,6 +183,27 @@ def test_chat_free_tier_429_after_limit(services):
     assert int(rejected.headers["Retry-After"]) >= 1
 
 
+def test_failed_forward_not_counted(services):
+    user = create_user(services, "free")
+    # A constraint the changelog does not have makes the agent fail on this one message.
+    marker = f"reject-{uuid.uuid4().hex[:8]}"
+    constraint = f"qa_{marker.replace('-', '_')}"
+    with psycopg.connect(services["agent_uri"], autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE messages ADD CONSTRAINT {constraint} CHECK (content NOT LIKE '%{marker}%')")
+    try:
+        failed = httpx.post(api(services) + "/chat", json={"user_id": user["id"], "message": f"say {marker}"},
+                            timeout=TIMEOUT)
+    finally:
+        with psycopg.connect(services["agent_uri"], autocommit=True) as conn:
+            conn.execute(f"ALTER TABLE messages DROP CONSTRAINT {constraint}")
+    details = httpx.get(f"{api(services)}/users/{user['id']}", timeout=TIMEOUT).json()
+
+    assert failed.status_code == 502
+    assert "error" in failed.json()
+    assert details["quota"]["used_requests_today"] == 0
+    assert details["usage"]["requests"] == 0
+
+
 def test_chat_daily_tokens_limit(services):
     user = create_user(services, "free")
     with psycopg.connect(services["management_uri"]) as conn:
@@ -196,3 +242,29 @@ def test_chat_trace_spans_three_services(services, otlp):
     assert any(span["attributes"].get("db.system") == "postgresql" or
                span["attributes"].get("db.system.name") == "postgresql"
                for span in in_trace if span["service"] == "management-app")
+
+
+def test_assignment_concurrency_limit(services):
+    import asyncio
+
+    user = create_user(services, "premium")
+    agent = create_agent(services)
+    body = {"agent_id": agent["id"], "allocation_strategy": "dedicated", "max_concurrent_requests": 1}
+    httpx.post(f"{api(services)}/users/{user['id']}/assignments", json=body, timeout=TIMEOUT)
+
+    async def both() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            request = {"user_id": user["id"], "message": "Tell me a long story about lighthouses."}
+            return await asyncio.gather(*(client.post(api(services) + "/chat", json=request) for _ in range(2)))
+
+    responses = sorted(asyncio.run(both()), key=lambda response: response.status_code)
+
+    assert [response.status_code for response in responses] == [200, 429]
+    rejected = responses[1].json()
+    assert rejected["limit"] == "max_concurrent_requests"
+    assert rejected["max"] == 1
+    assert rejected["used"] == 1
+    with psycopg.connect(services["management_uri"]) as conn:
+        counted = conn.execute("SELECT used_requests_today FROM user_quotas WHERE user_id = %s",
+                               (user["id"],)).fetchone()[0]
+    assert counted == 1

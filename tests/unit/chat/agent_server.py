@@ -1,8 +1,8 @@
 """A small agent chat server for the chat client's tests: the WebSocket protocol, plus scripted misbehaviour.
 
-It answers like the agent (`connection_status`, text chunks numbered from 1 with an empty final chunk,
-audio chunks with an empty final chunk, `metadata`, `complete`, `interrupted`, `pong`, `error` codes), and a
-message starting with `!` picks a script instead of the echo reply:
+It responds like the agent: `connection_status`, text chunks numbered from 1 with an empty final chunk,
+audio chunks with an empty final chunk, `metadata`, `complete`, `interrupted`, `pong` and the `error`
+codes. A message starting with `!` picks a script instead of the echo reply:
 
     !malformed   a frame that is not JSON and a JSON array, then the normal reply
     !unknown     a frame of unknown type, then the normal reply
@@ -54,12 +54,13 @@ class AgentServer:
     """The test server on its own thread and event loop, bound to 127.0.0.1 on a free port."""
 
     def __init__(self, chunk_delay: float = 0.0, audio_chunk_size: int = 1000, ping_interval: float | None = None,
-                 ping_timeout: float | None = None, greet: bool = True) -> None:
+                 ping_timeout: float | None = None, greet: bool = True, reject_status: int | None = None) -> None:
         self.chunk_delay = chunk_delay
         self.audio_chunk_size = audio_chunk_size
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.greet = greet
+        self.reject_status = reject_status
         self.port = 0
         self.open_connections = 0
         self.max_open_connections = 0
@@ -103,8 +104,13 @@ class AgentServer:
 
     async def _serve(self, ready: threading.Event | None) -> None:
         self._stop = asyncio.Event()
+        def process_request(connection: ServerConnection, request: Any) -> Any:
+            if self.reject_status is not None:
+                return connection.respond(self.reject_status, "rejected by the test server\n")
+            return None
+
         async with serve(self._handle, "127.0.0.1", 0, max_size=None, ping_interval=self.ping_interval,
-                         ping_timeout=self.ping_timeout) as server:
+                         ping_timeout=self.ping_timeout, process_request=process_request) as server:
             self.port = server.sockets[0].getsockname()[1]
             if ready is not None:
                 ready.set()

@@ -315,8 +315,8 @@ def test_ping_returns_round_trip(agent):
 
 
 def test_keepalive_answered_while_caller_blocks(make_agent):
-    # The server pings every 0.2 s and closes if no pong comes within 2 s; a cell that blocks its
-    # thread for 3 s must not lose the connection, because the background loop answers the pings.
+    # The server pings every 0.2 s and closes if no pong comes within 2 s. A cell that blocks its
+    # thread for 3 s must not lose the connection, because the background loop sends the pongs.
     server = make_agent(ping_interval=0.2, ping_timeout=2.0)
 
     with ChatClient(server.url) as chat:
@@ -437,3 +437,73 @@ def test_server_connection_closed_after_close(agent, wait_until):
         assert agent.open_connections == 1
 
     assert wait_until(lambda: agent.open_connections == 0)
+
+
+def test_concurrent_first_sends_share_connection(agent):
+    async def main():
+        chat = ChatClient(agent.url)
+        try:
+            return await asyncio.gather(*(chat.send_async(f"at once {index}") for index in range(3)))
+        finally:
+            await chat.close_async()
+
+    turns = asyncio.run(main())
+
+    assert agent.total_connections == 1
+    assert sum(turn.completed for turn in turns) >= 1
+    assert all(turn.finished for turn in turns)
+
+
+def test_url_credentials_hidden():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    chat = ChatClient(f"ws://ada:secret@127.0.0.1:{port}/api/v1/ws/chat", open_timeout=5)
+
+    with pytest.raises(ChatConnectionError) as caught:
+        chat.connect()
+
+    assert "secret" not in repr(chat)
+    assert "secret" not in str(caught.value)
+    assert "secret" not in caught.value.url
+    assert f"ws://REDACTED:REDACTED@127.0.0.1:{port}/api/v1/ws/chat" in str(caught.value)
+
+
+def test_collector_without_grpc_rejected():
+    collector = SimpleNamespace(endpoints={"http": "http://127.0.0.1:1"}, api_key=None)
+
+    with pytest.raises(ConfigurationError, match="grpc_port"):
+        ChatClient("ws://127.0.0.1:1/x", collector=collector)
+
+
+def test_rejected_handshake_names_status(make_agent):
+    server = make_agent(reject_status=404)
+
+    with pytest.raises(ChatConnectionError) as caught:
+        ChatClient(server.url).connect()
+
+    assert "HTTP 404" in str(caught.value)
+    assert "/api/v1/ws/chat" in str(caught.value)
+
+
+def test_failing_callback_does_not_stop_turn(agent, caplog):
+    def on_event(event):
+        raise RuntimeError("display broke")
+
+    with ChatClient(agent.url) as chat:
+        turn = chat.send("callback fails", on_event=on_event)
+        after = chat.send("next turn")
+
+    assert turn.completed
+    assert after.completed
+    assert caplog.text.count("on_event callback raised") == 1
+
+
+def test_timed_out_turn_joins_turns_when_it_ends(agent):
+    with ChatClient(agent.url, turn_timeout=0.3) as chat:
+        with pytest.raises(ChatTimeoutError):
+            chat.send("!stall again")
+        chat.send("unblock")
+
+    assert [turn.message for turn in chat.turns] == ["!stall again", "unblock"]
+    assert chat.turns[0].interrupted

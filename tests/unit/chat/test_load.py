@@ -160,3 +160,8 @@ def test_summarize_run(agent):
 def test_summarize_rejects_other_frames():
     with pytest.raises(ConfigurationError, match="run_sessions"):
         summarize(pd.DataFrame({"x": [1]}))
+
+
+def test_invalid_url_rejected_before_run():
+    with pytest.raises(ConfigurationError, match="ws://"):
+        run_sessions("http://127.0.0.1:1/api/v1/ws/chat", sessions=2, progress=False)

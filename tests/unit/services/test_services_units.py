@@ -178,3 +178,18 @@ def test_json_log_line_carries_span_ids():
     assert line["span_id"] == format(span.get_span_context().span_id, "016x")
     assert line["user_id"] == "u1"
     assert line["service"] == "homunculy-app"
+
+
+@pytest.mark.parametrize("path, status, kept", [
+    ("/health", 200, False),
+    ("/api/v1/health?verbose=1", 200, False),
+    ("/health", 503, True),
+    ("/api/v1/chat", 200, True),
+])
+def test_health_probe_filter(path, status, kept):
+    from homunculy_nb.services._observability import HealthProbeFilter
+
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5000", "GET", path, "1.1", status), None)
+
+    assert HealthProbeFilter().filter(record) is kept

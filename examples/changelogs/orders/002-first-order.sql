@@ -1,0 +1,1 @@
+INSERT INTO customer_order (sku, quantity) VALUES ('A-1', 2);
