@@ -144,8 +144,11 @@ def test_management_chat_through_stack(stack, otlp):
     assert replies[-1].json()["limit"] == "requests_per_minute"
 
     wanted = {"management-app", "homunculy-app", "llm"}
+    # Each service exports its spans in its own batches, so wait until every kind has arrived.
     spans = otlp.wait_for(lambda spans: wanted <= {s["service"] for s in spans if s["trace_id"] == trace_id}
                           and any(s["attributes"].get("db.system") == "postgresql" for s in spans
+                                  if s["trace_id"] == trace_id)
+                          and any(s["attributes"].get("gen_ai.request.model") for s in spans
                                   if s["trace_id"] == trace_id))
     in_trace = [span for span in spans if span["trace_id"] == trace_id]
     assert {span["service"] for span in in_trace} >= wanted
