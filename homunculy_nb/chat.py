@@ -141,8 +141,10 @@ def server_error(turn: Turn) -> ChatServerError:
     assert turn.error is not None
     error_class = SERVER_ERROR_CLASSES.get(turn.error.code, ChatServerError)
     request = "a raw frame" if turn.message is None else f"the request {_preview(turn.message)}"
+    # The agent's messages end with a period of their own, and a bare `error` frame has no message.
+    reason = turn.error.message.rstrip(". ") or "(the frame had no message)"
     return error_class(
-        f"The agent answered {request} with error {turn.error.code}: {turn.error.message}. "
+        f"The agent answered {request} with error {turn.error.code}: {reason}. "
         "The connection is still open for the next request.",
         turn.error.code, turn.error.message, turn.error.details, turn,
     )
