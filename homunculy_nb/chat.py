@@ -141,8 +141,10 @@ def server_error(turn: Turn) -> ChatServerError:
     assert turn.error is not None
     error_class = SERVER_ERROR_CLASSES.get(turn.error.code, ChatServerError)
     request = "a raw frame" if turn.message is None else f"the request {_preview(turn.message)}"
+    # The agent's messages end with a period of their own, and a bare `error` frame has no message.
+    reason = turn.error.message.rstrip(". ") or "(the frame had no message)"
     return error_class(
-        f"The agent answered {request} with error {turn.error.code}: {turn.error.message}. "
+        f"The agent answered {request} with error {turn.error.code}: {reason}. "
         "The connection is still open for the next request.",
         turn.error.code, turn.error.message, turn.error.details, turn,
     )
@@ -218,6 +220,16 @@ class ChatClient:
                 raise ConfigurationError(f"`{name}` must be a positive number of seconds, got {value!r}.")
         if not isinstance(max_message_size, int) or max_message_size <= 0:
             raise ConfigurationError(f"`max_message_size` must be a positive byte count, got {max_message_size!r}.")
+        for name, value in (("ping_interval", ping_interval), ("ping_timeout", ping_timeout)):
+            if value is not None and not value > 0:
+                raise ConfigurationError(
+                    f"`{name}` must be a positive number of seconds, or None to turn it off, got {value!r}.")
+        if user_id is not None and not isinstance(user_id, str):
+            raise ConfigurationError(f"`user_id` must be a str or None, got {type(user_id).__name__} {user_id!r}.")
+        if configuration is not None and not isinstance(configuration, dict):
+            raise ConfigurationError(
+                f"`configuration` must be a dict of the agent's configuration fields or None for the default, "
+                f"got {type(configuration).__name__}.")
 
         self.url = url
         self.user_id = user_id or f"notebook-{uuid.uuid4().hex[:8]}"
@@ -559,6 +571,9 @@ class ChatClient:
         _end_span(pending.span, error=why, turn=pending.turn)
 
     async def _ping(self, timeout: float | None) -> float:
+        if timeout is not None and not timeout > 0:
+            raise ConfigurationError(
+                f"The ping `timeout` must be a positive number of seconds or None, got {timeout!r}.")
         if self._state is ConnectionState.NEW:
             await self._connect()
         if self._state is not ConnectionState.OPEN:
@@ -856,15 +871,18 @@ def _collector_endpoint(collector: Any) -> str | None:
 
 
 def _redact(url: str) -> str:
-    # Credentials in the URL's user info are replaced wherever the URL is shown: reprs, errors, logs, spans.
-    from urllib.parse import urlsplit, urlunsplit
+    # Credentials in the URL's user info and every query value (an API key or token is often passed as
+    # `?token=...`) are replaced wherever the URL is shown: reprs, errors, logs, spans.
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"REDACTED:REDACTED@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.username is not None or parts.password is not None:
+        host = parts.hostname or ""
+        parts = parts._replace(netloc=f"REDACTED:REDACTED@{host}" + (f":{parts.port}" if parts.port else ""))
+    if parts.query:
+        query = [(name, "REDACTED") for name, _ in parse_qsl(parts.query, keep_blank_values=True)]
+        parts = parts._replace(query=urlencode(query, safe="REDACTED"))
+    return urlunsplit(parts)
 
 
 def _with_elapsed(event: ChatEvent, elapsed_ms: float) -> ChatEvent:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import numbers
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -116,7 +117,7 @@ class _Driver:
              open_timeout: float, timeout: float | None, collector: Any, otlp_endpoint: str | None,
              user_id_prefix: str, progress: bool) -> _Driver:
         """Check the arguments and create the driver and its progress bar on the caller's thread."""
-        _check_counts(sessions, turns, concurrency, think_time_ms, timeout)
+        sessions, turns, concurrency = _check_counts(sessions, turns, concurrency, think_time_ms, timeout)
         pick = _message_picker(messages)
         client_options = dict(configuration=configuration, turn_timeout=turn_timeout, open_timeout=open_timeout,
                               collector=collector, otlp_endpoint=otlp_endpoint)
@@ -269,14 +270,19 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COLUMN_TYPES)).astype(COLUMN_TYPES)
 
 
-def _check_counts(sessions: int, turns: int, concurrency: int, think_time_ms: float, timeout: float | None) -> None:
+def _check_counts(sessions: int, turns: int, concurrency: int, think_time_ms: float,
+                  timeout: float | None) -> tuple[int, int, int]:
+    """Return the counts as plain ints; numpy integers from a notebook are accepted, floats and bools are not."""
+    counts = []
     for name, value in (("sessions", sessions), ("turns", turns), ("concurrency", concurrency)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
             raise ConfigurationError(f"`{name}` must be a positive int, got {value!r}.")
-    if not think_time_ms >= 0:
-        raise ConfigurationError(f"`think_time_ms` must be zero or more, got {think_time_ms!r}.")
+        counts.append(int(value))
+    if not 0 <= think_time_ms < math.inf:
+        raise ConfigurationError(f"`think_time_ms` must be a finite number of ms, zero or more, got {think_time_ms!r}.")
     if timeout is not None and not timeout > 0:
         raise ConfigurationError(f"`timeout` must be a positive number of seconds or None, got {timeout!r}.")
+    return counts[0], counts[1], counts[2]
 
 
 def _message_picker(messages: Messages | None) -> Callable[[int, int], str]:
@@ -284,12 +290,20 @@ def _message_picker(messages: Messages | None) -> Callable[[int, int], str]:
         messages = DEFAULT_MESSAGES
     if callable(messages):
         return messages
-    if isinstance(messages, str) or not messages or not all(isinstance(message, str) for message in messages):
+    # Copied first, because checking a generator would consume it.
+    chosen = None if isinstance(messages, (str, bytes)) else _as_list(messages)
+    if not chosen or not all(isinstance(message, str) for message in chosen):
         raise ConfigurationError(
             "`messages` must be a non-empty list of str or a callable (session, turn) -> str, "
             f"got {messages!r:.80}.")
-    chosen = list(messages)
     return lambda session, turn: chosen[turn % len(chosen)]
+
+
+def _as_list(messages: Any) -> list[Any] | None:
+    try:
+        return list(messages)
+    except TypeError:
+        return None
 
 
 # Summary.
@@ -326,6 +340,9 @@ def summarize(turns: pd.DataFrame) -> LoadSummary:
 
     Percentiles use linear interpolation (`Series.quantile`) over the turns that have the timing.
     """
+    if not isinstance(turns, pd.DataFrame):
+        raise ConfigurationError(
+            f"summarize() needs the DataFrame that run_sessions() returns, got {type(turns).__name__}.")
     missing = [column for column in ("error_code", *TIMING_COLUMNS) if column not in turns.columns]
     if missing:
         raise ConfigurationError(f"summarize() needs a run_sessions() frame; the columns {missing} are missing.")

@@ -45,9 +45,12 @@ def write_transcript(turns: Sequence[Turn], path: str | Path, url: str | None = 
                      user_id: str | None = None) -> list[Path]:
     """Write `turns` as `<path>.json` and `<path>.md` (a `.json` or `.md` suffix on `path` is replaced).
 
+    When `path` is an existing directory the files are `transcript.json` and `transcript.md` inside it.
     Returns the two paths. Audio is recorded as byte counts only.
     """
     base = Path(path)
+    if base.is_dir():
+        base = base / "transcript"
     if base.suffix in (".json", ".md"):
         base = base.with_suffix("")
     base.parent.mkdir(parents=True, exist_ok=True)
@@ -67,9 +70,8 @@ def _markdown(turns: Sequence[Turn], url: str | None, user_id: str | None) -> st
         lines.append(f"- User: `{user_id}`")
     lines.append("")
 
-    for index, turn in enumerate(turns, start=1):
-        if turn.message is None:
-            continue
+    # Raw frames are left out, so the numbers match the `turn` column of `transcript_frame` (plus one).
+    for index, turn in enumerate((turn for turn in turns if turn.message is not None), start=1):
         lines += [f"## Turn {index}", "", f"**User** ({turn.started_at:%Y-%m-%d %H:%M:%S} UTC):", "",
                   _quote(turn.message), "", "**Assistant**:", "", _quote(turn.text or "(no text)"), ""]
         lines.append(f"- first chunk: {_ms(turn.time_to_first_chunk_ms)}, first audio: "
