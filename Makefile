@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# JupyterLab refuses to run as root unless told; containers and CI machines often run as root.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: lab test demo system-deps clean
 
@@ -18,7 +20,7 @@ system-deps:
 
 lab: $(STAMP)
 	bash scripts/system-deps.sh postgres
-	$(BIN)/jupyter lab --ip 127.0.0.1 --notebook-dir notebooks --ServerApp.open_browser=False
+	$(BIN)/jupyter lab --ip 127.0.0.1 --notebook-dir notebooks --ServerApp.open_browser=False $(ROOT_FLAG)
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
