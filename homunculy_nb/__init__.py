@@ -7,9 +7,17 @@ startup path, does not pay for pandas, grpc or plotly.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 __version__ = "0.1.0"
+
+# The package forks PostgreSQL servers and apps from a process that may run gRPC threads (the
+# collector, the chat client's exporter). With gRPC's fork handlers on, a forked child can restart
+# gRPC's poller between fork and exec and abort (SIGABRT, "epoll_wait error: Bad file descriptor").
+# Children exec at once and never use the parent's gRPC, so the handlers stay off unless the user
+# set the variable. gRPC reads it when first imported, so it is set here, before any grpc import.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 _PUBLIC_NAMES = {
     "Stack": "homunculy_nb.stack",
