@@ -52,14 +52,29 @@ SHOW_DASHBOARD_AGAIN = """async () => {
     notebook.activeCell.model.sharedModel.setSource("dashboard");
     await app.commands.execute("notebook:run-cell");
 }"""
-# True once the kernel is idle and every code cell (but the last, with `but_last`) has run.
+# Once the kernel is idle and every code cell (but the last, with `butLast`) has run: {error: null}.
+# As soon as a cell shows an error, which stops "run all": {error: "<name>: <value>"}. Otherwise false.
 CELLS_RAN = """(butLast) => {
     const panel = window.jupyterapp.shell.currentWidget;
     const kernel = panel.sessionContext.session.kernel;
     let cells = panel.content.widgets.filter((cell) => cell.model.type === "code");
     if (butLast) cells = cells.slice(0, -1);
-    return kernel.status === "idle" && cells.every((cell) => cell.model.executionCount !== null);
+    for (const cell of cells) {
+        const outputs = cell.model.outputs;
+        for (let i = 0; i < outputs.length; i++) {
+            const output = outputs.get(i).toJSON();
+            if (output.output_type === "error") return {error: `${output.ename}: ${output.evalue}`};
+        }
+    }
+    const ran = kernel.status === "idle" && cells.every((cell) => cell.model.executionCount !== null);
+    return ran ? {error: null} : false;
 }"""
+
+
+def wait_for_cells(page, but_last: bool, timeout_ms: int) -> None:
+    """Wait until the cells ran; fail with the first cell error instead of waiting out the timeout."""
+    outcome = page.wait_for_function(CELLS_RAN, arg=but_last, timeout=timeout_ms, polling=1000).json_value()
+    assert outcome["error"] is None, f"A notebook cell failed: {outcome['error']}"
 
 
 def free_port() -> int:
@@ -144,6 +159,7 @@ def lab(tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.browser
+@pytest.mark.timeout(900)
 def test_launch_notebook_renders_in_chromium(lab, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
@@ -160,7 +176,7 @@ def test_launch_notebook_renders_in_chromium(lab, tmp_path):
             # Run everything but the last cell, which stops the stack, so the screenshot shows it running.
             page.evaluate(SELECT_LAST_CELL)
             page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-above')")
-            page.wait_for_function(CELLS_RAN, arg=True, timeout=900_000, polling=1000)
+            wait_for_cells(page, but_last=True, timeout_ms=420_000)
             page.wait_for_selector(".widget-gridbox", timeout=60_000)
             page.wait_for_selector(".js-plotly-plot", timeout=60_000)
 
@@ -182,7 +198,7 @@ def test_launch_notebook_renders_in_chromium(lab, tmp_path):
                                    timeout=60_000)
             page.evaluate(SELECT_LAST_CELL)
             page.evaluate("window.jupyterapp.commands.execute('notebook:run-cell')")
-            page.wait_for_function(CELLS_RAN, arg=False, timeout=300_000, polling=1000)
+            wait_for_cells(page, but_last=False, timeout_ms=120_000)
             page.wait_for_function(
                 """() => Array.from(document.querySelectorAll('.widget-gridbox'))
                         .every((grid) => grid.innerText.split('Stopped').length - 1 === 7)""",
