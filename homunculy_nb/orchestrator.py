@@ -680,7 +680,7 @@ class Orchestrator:
 
         run.exit_code = code
         run.running = None
-        # A process that ended has no health any more, whatever its last probe said.
+        # A process that ended has no health any more, whatever its last probe returned.
         run.health = None
         self._close_log(run)
         if run.stopping:

@@ -1,1 +1,1 @@
-"""Where a resource runs: local processes, PostgreSQL servers, Docker containers."""
+"""Runtimes that start resources: local processes, PostgreSQL servers and Docker containers."""
